@@ -1,0 +1,25 @@
+"""Command line: ``mistral-ratelimit demo | serve``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mistral-ratelimit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("demo", help="run the main job against the local emulator")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        from .limiter import RateLimiter
+        from .config import RatelimitConfig
+
+        lim = RateLimiter(RatelimitConfig(requests_per_second=8))
+        print(lim, [round(lim.reserve(1).at - lim.now(), 2) for _ in range(20)])
+        return 0
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Configuration: the budget a program must stay inside, and how hard to retry.
+
+Every number is validated at construction; a bad one raises ``ValueError`` naming the field.
+``repr()`` never shows the API key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+Unit = Literal["requests", "tokens"]
+_UNITS = ("requests", "tokens")
+
+SECONDS_PER_MONTH = 30 * 86_400.0
+
+
+class TierDefault(float):
+    """A float that remembers it was not chosen by the user.
+
+    Limits left at a tier default may be replaced by what the server reports in its
+    ``x-ratelimit-limit-*`` headers; limits the user set explicitly never are.
+    """
+
+    def __repr__(self) -> str:
+        return float.__repr__(self)
+
+
+def _check_number(name: str, value: object, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    if v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Limit:
+    """At most ``amount`` of ``unit`` in any window of ``per_seconds`` seconds."""
+
+    amount: float
+    per_seconds: float
+    unit: Unit = "tokens"
+
+    def __post_init__(self) -> None:
+        _check_number("Limit.amount", self.amount)
+        _check_number("Limit.per_seconds", self.per_seconds)
+        if self.unit not in _UNITS:
+            raise ValueError(f"Limit.unit must be one of {_UNITS}, got {self.unit!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> Limit:
+        """Parse ``"720/60:requests"`` or ``"50000/10"`` (tokens by default)."""
+        spec, _, unit = text.strip().partition(":")
+        amount, sep, per = spec.partition("/")
+        if not sep:
+            raise ValueError(f"limits: expected 'AMOUNT/SECONDS[:unit]', got {text!r}")
+        try:
+            return cls(float(amount), float(per), (unit.strip() or "tokens"))  # type: ignore[arg-type]
+        except ValueError as exc:
+            raise ValueError(f"limits: {exc}") from None
+
+
+@dataclass(frozen=True, repr=False)
+class RatelimitConfig:
+    """The budget and retry policy shared by every transport built from it."""
+
+    api_key: str | None = None
+    requests_per_second: float | None = TierDefault(1.0)
+    tokens_per_minute: float | None = TierDefault(500_000)
+    max_retries: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 32.0
+    timeout: float = 60.0
+    tokens_per_month: float | None = None
+    max_concurrency: int | None = None
+    limits: tuple[Limit, ...] = ()
+    #: Seconds added to every window. The server counts a request when it arrives, which is
+    #: a little after the permit is granted; this slack absorbs that network jitter.
+    window_margin: float = 0.025
+    #: Output tokens reserved when a request declares no ``max_tokens``.
+    default_max_tokens: int = 1024
+    #: Prompt tokens assumed for a stored conversation whose size is not yet known.
+    unknown_history_tokens: int = 2048
+    #: 500/502/503/504 are retried only when this is set: a POST that reached the model
+    #: is not safe to repeat.
+    retry_server_errors: bool = False
+    #: Extra delay multiplier for Mistral's capacity errors (code 3505), which are not quota.
+    capacity_backoff_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.api_key is None:
+            object.__setattr__(self, "api_key", os.environ.get("MISTRAL_API_KEY") or None)
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            raise ValueError("api_key must be a string")
+        for name in ("requests_per_second", "tokens_per_minute", "tokens_per_month"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, TierDefault):
+                _check_number(name, value)
+        for name in ("base_delay", "max_delay", "timeout", "capacity_backoff_factor"):
+            _check_number(name, getattr(self, name))
+        _check_number("window_margin", self.window_margin, allow_zero=True)
+        for name in ("max_retries", "default_max_tokens", "unknown_history_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.max_concurrency is not None and (
+            isinstance(self.max_concurrency, bool)
+            or not isinstance(self.max_concurrency, int)
+            or self.max_concurrency < 1
+        ):
+            raise ValueError(f"max_concurrency must be an integer >= 1, got {self.max_concurrency!r}")
+        if self.max_delay < self.base_delay:
+            raise ValueError("max_delay must be >= base_delay")
+        if not isinstance(self.limits, tuple):
+            object.__setattr__(self, "limits", tuple(self.limits))
+        for item in self.limits:
+            if not isinstance(item, Limit):
+                raise ValueError(f"limits must hold Limit objects, got {type(item).__name__}")
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "api_key":
+                parts.append(f"api_key={'***' if value else None}")
+            elif f.default is not value and value != f.default:
+                parts.append(f"{f.name}={value!r}")
+        return f"RatelimitConfig({', '.join(parts)})"
+
+    def replace(self, **changes: Any) -> RatelimitConfig:
+        return replace(self, **changes)
+
+    def engine_limits(self) -> list[tuple[Limit, bool]]:
+        """Every window the engine enforces, each with whether the user set it explicitly.
+
+        ``requests_per_second=r`` becomes ``max(1, floor(r))`` requests per matching period,
+        so 1.2 rps paces one request every 0.833 s and 8 rps allows bursts of 8 per second.
+        """
+        out: list[tuple[Limit, bool]] = []
+        rps = self.requests_per_second
+        if rps is not None:
+            burst = max(1, math.floor(rps))
+            out.append((Limit(burst, burst / rps, "requests"), not isinstance(rps, TierDefault)))
+        tpm = self.tokens_per_minute
+        if tpm is not None:
+            out.append((Limit(tpm, 60.0, "tokens"), not isinstance(tpm, TierDefault)))
+        if self.tokens_per_month is not None:
+            out.append((Limit(self.tokens_per_month, SECONDS_PER_MONTH, "tokens"), True))
+        out.extend((item, True) for item in self.limits)
+        return out
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> RatelimitConfig:
+        """Read ``MISTRAL_RATELIMIT_*`` variables (and ``MISTRAL_API_KEY``).
+
+        ``MISTRAL_RATELIMIT_LIMITS`` holds extra windows: ``"720/60:requests,50000/10:tokens"``.
+        Keyword overrides win over the environment.
+        """
+        env = os.environ if environ is None else environ
+        kwargs: dict[str, Any] = {}
+        floats = ("requests_per_second", "tokens_per_minute", "tokens_per_month", "base_delay",
+                  "max_delay", "timeout", "window_margin", "capacity_backoff_factor")
+        ints = ("max_retries", "max_concurrency", "default_max_tokens", "unknown_history_tokens")
+        for name in (*floats, *ints):
+            raw = env.get(f"MISTRAL_RATELIMIT_{name.upper()}")
+            if raw is None or raw.strip() == "":
+                continue
+            if raw.strip().lower() in ("none", "off"):
+                kwargs[name] = None
+                continue
+            try:
+                kwargs[name] = int(raw) if name in ints else float(raw)
+            except ValueError:
+                raise ValueError(f"MISTRAL_RATELIMIT_{name.upper()}: not a number: {raw!r}") from None
+        raw_retry = env.get("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS")
+        if raw_retry:
+            kwargs["retry_server_errors"] = raw_retry.strip().lower() in ("1", "true", "yes", "on")
+        raw_limits = env.get("MISTRAL_RATELIMIT_LIMITS")
+        if raw_limits:
+            kwargs["limits"] = tuple(Limit.parse(p) for p in raw_limits.split(",") if p.strip())
+        key = env.get("MISTRAL_API_KEY")
+        if key:
+            kwargs["api_key"] = key
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def coerce(cls, config: RatelimitConfig | None, fields_: Mapping[str, Any]) -> RatelimitConfig:
+        """A config from an optional object plus keyword fields (keywords win)."""
+        if config is None:
+            return cls.from_env(**dict(fields_)) if fields_ else cls.from_env()
+        return replace(config, **dict(fields_)) if fields_ else config
+
+
+def limits_from(items: Iterable[Limit | tuple[float, float, Unit]]) -> tuple[Limit, ...]:
+    return tuple(i if isinstance(i, Limit) else Limit(*i) for i in items)
+
+
+__all__ = ["SECONDS_PER_MONTH", "Limit", "RatelimitConfig", "TierDefault", "Unit", "field"]

@@ -1,0 +1,95 @@
+"""The limiter contract shared by every backend.
+
+Modelled on golang.org/x/time/rate: ``reserve`` books capacity at once, all or nothing, and
+says when the caller may go; the caller waits *outside* the limiter and may ``cancel``.
+``settle`` corrects the token charge once the server reports real usage; ``release`` frees
+the in-flight slot. Each of ``cancel``, ``settle`` and ``release`` takes effect at most once.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..config import Limit, Unit
+
+_ids = itertools.count(1)
+
+
+class State(enum.Enum):
+    QUEUED = "queued"  # waiting for an in-flight slot; no time booked yet
+    SCHEDULED = "scheduled"  # time booked, caller sleeping
+    GRANTED = "granted"  # caller told to go
+    CANCELLED = "cancelled"
+
+
+@dataclass(eq=False)
+class Reservation:
+    """One request's claim on the budget. Backends keep their own bookkeeping in ``slots``."""
+
+    tokens: float
+    requests: float = 1.0
+    id: int = field(default_factory=lambda: next(_ids))
+    state: State = State.QUEUED
+    created_at: float = 0.0
+    at: float = 0.0  # when it may go, on the limiter's clock
+    slots: dict[int, int] = field(default_factory=dict)  # limit index -> slot key
+    settled: bool = False
+    released: bool = False
+    holds_inflight: bool = False
+    tag: str = ""  # backend-private handle (e.g. the Redis member id)
+
+
+@dataclass(frozen=True)
+class ObservedLimit:
+    """One limit as the server reported it in its headers."""
+
+    unit: Unit
+    per_seconds: float
+    limit: float | None
+    remaining: float | None
+
+
+@dataclass(frozen=True)
+class LimiterStats:
+    requests_admitted: int = 0
+    requests_cancelled: int = 0
+    wait_seconds_total: float = 0.0
+    wait_seconds_max: float = 0.0
+    tokens_reserved: float = 0.0
+    tokens_refunded: float = 0.0
+    tokens_charged: float = 0.0  # charged beyond the estimate (debt)
+    in_flight: int = 0
+    queued: int = 0
+    paused_until: float = 0.0  # on the limiter's clock; 0 when never paused
+    rate_limited_seen: int = 0
+    estimate_samples: int = 0
+    estimate_error_mean: float = 0.0  # mean of (estimated - actual) / actual prompt tokens
+    estimate_error_abs_mean: float = 0.0
+    limits: tuple[Limit, ...] = ()
+
+
+@runtime_checkable
+class Limiter(Protocol):
+    """What transports need from a limiter. Async twins carry an ``a`` prefix."""
+
+    def now(self) -> float: ...
+    def reserve(self, tokens: float, requests: float = 1.0) -> Reservation: ...
+    def delay(self, res: Reservation) -> float: ...
+    def cancel(self, res: Reservation) -> None: ...
+    def settle(self, res: Reservation, actual_tokens: float) -> None: ...
+    def release(self, res: Reservation) -> None: ...
+    def pause_for(self, seconds: float, *, rate_limited: bool = True) -> None: ...
+    def adopt(self, observed: list[ObservedLimit]) -> None: ...
+    def record_estimate(self, estimated: float, actual: float) -> None: ...
+    def stats(self) -> LimiterStats: ...
+
+    async def areserve(self, tokens: float, requests: float = 1.0) -> Reservation: ...
+    async def adelay(self, res: Reservation) -> float: ...
+    async def acancel(self, res: Reservation) -> None: ...
+    async def asettle(self, res: Reservation, actual_tokens: float) -> None: ...
+    async def arelease(self, res: Reservation) -> None: ...
+    async def apause_for(self, seconds: float, *, rate_limited: bool = True) -> None: ...
+    async def aadopt(self, observed: list[ObservedLimit]) -> None: ...

@@ -1,0 +1,330 @@
+"""The in-process limiter: one object shared by threads, asyncio and trio at once.
+
+All state sits behind one ``threading.Lock`` held for microseconds; nobody sleeps under
+it and nothing is bound to an event loop, so the same limiter works across
+``asyncio.run()`` calls, threads and trio.
+
+Order: every reservation is booked at a time no earlier than the previous booking
+(``_tail``), so callers go in arrival order and a large request is never overtaken
+by a stream of small ones.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from ..config import Limit, RatelimitConfig
+from ..errors import BudgetExhausted, RequestTooLarge
+from .base import LimiterStats, ObservedLimit, Reservation, State
+from .window import WindowState
+
+#: Longest pause a single signal may impose; larger Retry-After values are clamped.
+MAX_PAUSE_SECONDS = 3600.0
+#: Windows at least this long are "monthly caps": waiting on them fails fast instead.
+LONG_WINDOW_SECONDS = 86_400.0
+LONG_WAIT_SECONDS = 60.0
+
+
+class SyncBackedAsyncMixin:
+    """Async twins for a backend whose sync calls never block for long."""
+
+    async def areserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+        return self.reserve(tokens, requests)  # type: ignore[attr-defined, no-any-return]
+
+    async def adelay(self, res: Reservation) -> float:
+        return self.delay(res)  # type: ignore[attr-defined, no-any-return]
+
+    async def acancel(self, res: Reservation) -> None:
+        self.cancel(res)  # type: ignore[attr-defined]
+
+    async def asettle(self, res: Reservation, actual_tokens: float) -> None:
+        self.settle(res, actual_tokens)  # type: ignore[attr-defined]
+
+    async def arelease(self, res: Reservation) -> None:
+        self.release(res)  # type: ignore[attr-defined]
+
+    async def apause_for(self, seconds: float, *, rate_limited: bool = True) -> None:
+        self.pause_for(seconds, rate_limited=rate_limited)  # type: ignore[attr-defined]
+
+    async def aadopt(self, observed: list[ObservedLimit]) -> None:
+        self.adopt(observed)  # type: ignore[attr-defined]
+
+
+def clean_amount(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return max(0.0, float(value))
+
+
+class RateLimiter(SyncBackedAsyncMixin):
+    """In-memory limiter enforcing every window of a :class:`RatelimitConfig` at once."""
+
+    def __init__(
+        self,
+        config: RatelimitConfig | None = None,
+        *,
+        limits: Iterable[Limit] | None = None,
+        max_concurrency: int | None = None,
+        window_margin: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        poll_interval: float = 0.005,
+    ) -> None:
+        cfg = config if config is not None else RatelimitConfig.from_env()
+        pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
+        margin = cfg.window_margin if window_margin is None else window_margin
+        self._margin = margin
+        self._windows = [WindowState(lim, margin) for lim, _ in pairs]
+        self._explicit = [explicit for _, explicit in pairs]
+        self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
+        self._clock = clock
+        self._poll = poll_interval
+        self._lock = threading.Lock()
+        self._tail = -math.inf
+        self._paused_until = -math.inf
+        self._inflight = 0
+        self._queue: collections.deque[Reservation] = collections.deque()
+        self._s: dict[str, float] = collections.defaultdict(float)
+
+    # -- introspection ------------------------------------------------------------------
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        return tuple(w.limit for w in self._windows)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{w.limit.amount:g} {w.limit.unit}/{w.limit.per_seconds:g}s"
+                          for w in self._windows)
+        return f"RateLimiter({inner}, max_concurrency={self._max_inflight})"
+
+    # -- booking -------------------------------------------------------------------------
+    def _cost(self, w: WindowState, res: Reservation) -> float:
+        return res.requests if w.limit.unit == "requests" else res.tokens
+
+    def _check_fits(self, res: Reservation) -> None:
+        for w in self._windows:
+            cost = self._cost(w, res)
+            if cost > w.limit.amount:
+                raise RequestTooLarge(cost, w.limit.amount, w.limit.per_seconds, w.limit.unit)
+
+    def _schedule(self, res: Reservation, now: float) -> None:
+        t0 = max(now, self._tail, self._paused_until)
+        at, binding = t0, None
+        for w in self._windows:
+            w.prune(now)
+            t = w.earliest_fit(t0, self._cost(w, res))
+            if t > at:
+                at, binding = t, w
+        if (binding is not None and binding.limit.per_seconds >= LONG_WINDOW_SECONDS
+                and at - now > LONG_WAIT_SECONDS):
+            raise BudgetExhausted(
+                f"the {binding.limit.amount:g} {binding.limit.unit} per "
+                f"{binding.limit.per_seconds:g} s budget is spent; it frees up in {at - now:.0f} s"
+            )
+        res.slots = {i: w.add(at, self._cost(w, res)) for i, w in enumerate(self._windows)}
+        res.at = at
+        res.state = State.SCHEDULED
+        self._tail = at
+        self._s["tokens_reserved"] += res.tokens
+
+    def _unbook(self, res: Reservation) -> None:
+        for i, key in res.slots.items():
+            w = self._windows[i]
+            if w.has_slot(key):
+                w.add_to_slot(key, -self._cost(w, res))
+        res.slots = {}
+
+    def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+        res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
+        self._check_fits(res)
+        with self._lock:
+            now = self._clock()
+            res.created_at = now
+            if self._max_inflight is None:
+                self._schedule(res, now)
+            elif not self._queue and self._inflight < self._max_inflight:
+                self._schedule(res, now)
+                self._inflight += 1
+                res.holds_inflight = True
+            else:
+                self._queue.append(res)
+        return res
+
+    def _promote(self, now: float) -> None:
+        while self._queue and self._max_inflight is not None and self._inflight < self._max_inflight:
+            res = self._queue.popleft()
+            try:
+                self._schedule(res, now)
+            except BudgetExhausted:
+                res.state = State.CANCELLED  # its delay() call reports it
+                continue
+            self._inflight += 1
+            res.holds_inflight = True
+
+    def delay(self, res: Reservation) -> float:
+        """Seconds the caller must still wait; ``0`` means go now."""
+        with self._lock:
+            now = self._clock()
+            if res.state is State.QUEUED:
+                return self._poll
+            if res.state is State.CANCELLED:
+                raise BudgetExhausted("this reservation was cancelled; take a new one")
+            if res.state is State.SCHEDULED and self._paused_until > res.at:
+                # A 429 arrived after this booking: move it behind the pause, or it would
+                # be counted at a time when the server's window was already full.
+                self._unbook(res)
+                self._schedule(res, now)
+                self._s["tokens_reserved"] -= res.tokens
+            wait = res.at - now
+            if wait > 0:
+                return wait
+            if res.state is State.SCHEDULED:
+                res.state = State.GRANTED
+                waited = now - res.created_at
+                self._s["requests_admitted"] += 1
+                self._s["wait_seconds_total"] += waited
+                self._s["wait_seconds_max"] = max(self._s["wait_seconds_max"], waited)
+            return 0.0
+
+    def cancel(self, res: Reservation) -> None:
+        """Give back everything the reservation took. Safe to call more than once."""
+        with self._lock:
+            if res.state is State.CANCELLED:
+                return
+            if res.state is State.QUEUED:
+                try:
+                    self._queue.remove(res)
+                except ValueError:
+                    pass
+            elif not res.settled:
+                self._unbook(res)
+                self._s["tokens_reserved"] -= res.tokens
+            res.state = State.CANCELLED
+            res.settled = True
+            self._s["requests_cancelled"] += 1
+            self._release_locked(res)
+
+    def settle(self, res: Reservation, actual_tokens: float) -> None:
+        """Correct the token charge to what the server reported. Only the first call counts."""
+        try:
+            actual = clean_amount(actual_tokens, "actual_tokens")
+        except ValueError:
+            return  # a broken usage report keeps the estimate charged
+        with self._lock:
+            if res.settled or res.state in (State.CANCELLED, State.QUEUED):
+                return
+            res.settled = True
+            diff = actual - res.tokens
+            if diff == 0:
+                return
+            now = self._clock()
+            for i, key in res.slots.items():
+                w = self._windows[i]
+                if w.limit.unit != "tokens":
+                    continue
+                if w.has_slot(key):
+                    before = w.slots[key]
+                    w.add_to_slot(key, diff)
+                    if diff < 0:
+                        self._s["tokens_refunded"] += before - w.slots[key]
+                elif diff > 0:
+                    w.add(now, diff)
+            if diff > 0:
+                self._s["tokens_charged"] += diff
+            res.tokens = actual
+
+    def release(self, res: Reservation) -> None:
+        """Free the in-flight slot (the response was closed)."""
+        with self._lock:
+            self._release_locked(res)
+
+    def _release_locked(self, res: Reservation) -> None:
+        if res.released:
+            return
+        res.released = True
+        if res.holds_inflight:
+            self._inflight -= 1
+            res.holds_inflight = False
+            self._promote(self._clock())
+
+    # -- signals from the server ---------------------------------------------------------
+    def pause_for(self, seconds: float, *, rate_limited: bool = True) -> None:
+        """Hold every caller back for ``seconds`` (clamped to [0, 1 h])."""
+        s = seconds if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
+        s = min(max(0.0, float(s)), MAX_PAUSE_SECONDS)
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + s)
+            if rate_limited:
+                self._s["rate_limited_seen"] += 1
+
+    def pause_until(self, t: float) -> None:
+        """Hold every caller back until ``t`` on this limiter's clock (see :meth:`now`)."""
+        self.pause_for(t - self._clock(), rate_limited=False)
+
+    def adopt(self, observed: list[ObservedLimit]) -> None:
+        """Take the server's view: discover tier limits, and never believe in more room
+        than the server says remains."""
+        with self._lock:
+            now = self._clock()
+            self._discover(observed)
+            for obs in observed:
+                if obs.remaining is None or not math.isfinite(obs.remaining) or obs.remaining < 0:
+                    continue
+                for w in self._windows:
+                    if w.limit.unit == obs.unit and math.isclose(w.limit.per_seconds, obs.per_seconds):
+                        w.prune(now)
+                        excess = w.available_at(now) - obs.remaining
+                        if excess > 0:
+                            w.add(now, excess)
+
+    def _discover(self, observed: list[ObservedLimit]) -> None:
+        for unit in ("requests", "tokens"):
+            reported = [o for o in observed if o.unit == unit and o.limit and o.limit > 0
+                        and math.isfinite(o.limit) and o.per_seconds < LONG_WINDOW_SECONDS]
+            mine = [i for i, w in enumerate(self._windows) if w.limit.unit == unit]
+            if not reported or any(self._explicit[i] for i in mine):
+                continue
+            keep = [i for i in range(len(self._windows)) if i not in mine]
+            self._windows = [self._windows[i] for i in keep]
+            self._explicit = [self._explicit[i] for i in keep]
+            for o in reported:
+                assert o.limit is not None
+                self._windows.append(WindowState(Limit(o.limit, o.per_seconds, unit), self._margin))
+                self._explicit.append(True)
+            self._tail = max(self._tail, self._clock())  # old bookings refer to dropped windows
+
+    def record_estimate(self, estimated: float, actual: float) -> None:
+        if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):
+            return
+        err = (estimated - actual) / actual
+        with self._lock:
+            self._s["estimate_samples"] += 1
+            self._s["estimate_error_sum"] += err
+            self._s["estimate_error_abs_sum"] += abs(err)
+
+    def stats(self) -> LimiterStats:
+        with self._lock:
+            s = self._s
+            n = s["estimate_samples"]
+            return LimiterStats(
+                requests_admitted=int(s["requests_admitted"]),
+                requests_cancelled=int(s["requests_cancelled"]),
+                wait_seconds_total=s["wait_seconds_total"],
+                wait_seconds_max=s["wait_seconds_max"],
+                tokens_reserved=s["tokens_reserved"],
+                tokens_refunded=s["tokens_refunded"],
+                tokens_charged=s["tokens_charged"],
+                in_flight=self._inflight,
+                queued=len(self._queue),
+                paused_until=max(0.0, self._paused_until),
+                rate_limited_seen=int(s["rate_limited_seen"]),
+                estimate_samples=int(n),
+                estimate_error_mean=s["estimate_error_sum"] / n if n else 0.0,
+                estimate_error_abs_mean=s["estimate_error_abs_sum"] / n if n else 0.0,
+                limits=self.limits,
+            )
