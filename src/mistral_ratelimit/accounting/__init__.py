@@ -1,0 +1,1 @@
+"""Mistral wire formats as pure functions: request bodies -> estimates, responses -> usage."""
