@@ -97,6 +97,11 @@ class RateLimiter(SyncBackedAsyncMixin):
     def limits(self) -> tuple[Limit, ...]:
         return tuple(w.limit for w in self._windows)
 
+    def token_room(self) -> float | None:
+        """Free room of the tightest token window, read without the lock (a hint only)."""
+        rooms = [w.limit.amount - w.total for w in self._windows if w.limit.unit == "tokens"]
+        return min(rooms) if rooms else None
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{w.limit.amount:g} {w.limit.unit}/{w.limit.per_seconds:g}s"
                           for w in self._windows)

@@ -1,0 +1,150 @@
+"""Drive the sans-IO lifecycle: the sync driver and the async driver.
+
+These two functions, and the two stream wrappers, are the only places where the sync and
+async worlds differ; httpx and httpx2 share them, since both libraries' responses offer
+the same ``read``/``close``/``aread``/``aclose`` and transports the same ``handle_*``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import anyio
+
+from .lifecycle import Acquire, BodyObserver, Call, Close, Deliver, ReadBody, Send, Sleep, Steps
+from .limiter.base import Limiter
+from .limiter.waiting import aacquire, acquire
+
+
+def _call_sync(limiter: Limiter, call: Call) -> Any:
+    return getattr(limiter, call.name)(*call.args)
+
+
+async def _call_async(limiter: Limiter, call: Call) -> Any:
+    twin = getattr(limiter, "a" + call.name, None)
+    if twin is None:  # local bookkeeping with no I/O has no async twin
+        return getattr(limiter, call.name)(*call.args)
+    return await twin(*call.args)
+
+
+def drive_sync(steps: Steps, limiter: Limiter, send: Callable[[], Any]) -> Any:
+    """Run ``steps`` to completion with blocking I/O; returns the generator's value."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if isinstance(effect, Call):
+                value = _call_sync(limiter, effect)
+            elif isinstance(effect, Acquire):
+                value = acquire(limiter, effect.tokens)
+            elif isinstance(effect, Send):
+                value = send()
+            elif isinstance(effect, ReadBody):
+                value = effect.response.read()
+            elif isinstance(effect, Close):
+                effect.response.close()
+            elif isinstance(effect, Sleep):
+                time.sleep(effect.seconds)
+        except BaseException as exc:  # handed to the lifecycle, which re-raises
+            error = exc
+
+
+async def drive_async(steps: Steps, limiter: Limiter, send: Callable[[], Awaitable[Any]]) -> Any:
+    """Async twin of :func:`drive_sync`, on anyio so it runs under asyncio and trio.
+
+    Limiter calls and closes are shielded from cancellation: a cancelled request must
+    still give its reservation back.
+    """
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        try:
+            effect = steps.throw(error) if error is not None else steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value, error = None, None
+        try:
+            if isinstance(effect, Call):
+                with anyio.CancelScope(shield=True):
+                    value = await _call_async(limiter, effect)
+            elif isinstance(effect, Acquire):
+                value = await aacquire(limiter, effect.tokens)
+            elif isinstance(effect, Send):
+                value = await send()
+            elif isinstance(effect, ReadBody):
+                value = await effect.response.aread()
+            elif isinstance(effect, Close):
+                with anyio.CancelScope(shield=True):
+                    await effect.response.aclose()
+            elif isinstance(effect, Sleep):
+                await anyio.sleep(effect.seconds)
+        except BaseException as exc:
+            error = exc
+
+
+class ObservedStreamBase:
+    """Common state of the stream wrappers: the inner stream and its observer."""
+
+    def __init__(self, inner: Any, observer: BodyObserver, limiter: Limiter) -> None:
+        self._inner = inner
+        self._observer = observer
+        self._limiter = limiter
+
+
+class ObservedSyncStream(ObservedStreamBase):
+    """Yields the inner stream's bytes unchanged, as they come, while the observer reads
+    along; settles when the stream ends or is closed, whichever comes first."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            for chunk in self._inner:
+                self._observer.feed(chunk)
+                yield chunk
+        finally:
+            drive_sync(self._observer.finish(), self._limiter, _no_send)
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            drive_sync(self._observer.finish(), self._limiter, _no_send)
+
+
+class ObservedAsyncStream(ObservedStreamBase):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._inner:
+                self._observer.feed(chunk)
+                yield chunk
+        finally:
+            await drive_async(self._observer.finish(), self._limiter, _no_asend)
+
+    async def aclose(self) -> None:
+        try:
+            with anyio.CancelScope(shield=True):
+                await self._inner.aclose()
+        finally:
+            await drive_async(self._observer.finish(), self._limiter, _no_asend)
+
+
+def _no_send() -> Any:  # pragma: no cover - finish() never sends
+    raise RuntimeError("settlement does not send requests")
+
+
+async def _no_asend() -> Any:  # pragma: no cover
+    raise RuntimeError("settlement does not send requests")
+
+
+def deliver(outcome: Deliver, stream_class: type[ObservedStreamBase], limiter: Limiter) -> Any:
+    """Swap the response's stream for an observing wrapper of the client library's type."""
+    response = outcome.response
+    if outcome.observer is not None:
+        response.stream = stream_class(response.stream, outcome.observer, limiter)
+    return response

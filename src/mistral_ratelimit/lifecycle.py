@@ -1,0 +1,340 @@
+"""One request's steps, written once and free of I/O.
+
+``Lifecycle.run`` is a generator: it *yields* effects (acquire a reservation, send, read
+a body, sleep, call the limiter) and receives their results; the thin adapters in
+``driving.py`` perform them with ``time.sleep`` or ``anyio.sleep``, httpx or httpx2.
+A failure of an effect is thrown back into the generator, so clean-up is ordinary
+``try``/``except`` code that every adapter shares.
+
+Every reservation ends exactly once: cancelled (nothing reached the server), settled to
+real usage (``BodyObserver.finish``), or settled to zero tokens (an error response).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Union
+
+from .accounting.decoding import IncrementalDecoder
+from .accounting.headers import parse_ratelimit_headers, retry_after_seconds
+from .accounting.request import Estimator
+from .accounting.responses import classify_response
+from .accounting.types import ErrorClass, Estimate, ServerView, Usage
+from .accounting.usage import StreamSniffer, parse_json_response
+from .config import RatelimitConfig
+from .errors import BudgetExhausted
+from .limiter.base import Limiter, Reservation
+
+log = logging.getLogger("mistral_ratelimit")
+
+#: Key of ``request.extensions`` holding per-request options.
+EXTENSION_KEY = "mistral_ratelimit"
+#: Exact tokenization is used once a cheap upper bound would take more than this share
+#: of the tightest token window's free room; below it, the bound is reserved and
+#: settled from usage, keeping the tokenizer off the hot path.
+EXACT_COUNT_THRESHOLD = 0.25
+#: JSON bodies larger than this are passed through without being parsed for usage.
+MAX_JSON_SNIFF_BYTES = 8 * 1024 * 1024
+#: Exception class names that mean the request never left this machine (httpx and
+#: httpx2 share the names but not the classes, so the check is by name, as the SDK's).
+NOT_SENT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout"})
+
+
+# -- effects ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Acquire:
+    tokens: float
+
+
+@dataclass(frozen=True)
+class Send:
+    pass
+
+
+@dataclass(frozen=True)
+class ReadBody:
+    response: Any
+
+
+@dataclass(frozen=True)
+class Close:
+    response: Any
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Call:
+    """A limiter method; async adapters call its ``a``-prefixed twin."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+
+Effect = Union[Acquire, Send, ReadBody, Close, Sleep, Call]
+Steps = Generator[Effect, Any, Any]
+
+
+@dataclass(frozen=True)
+class RequestOptions:
+    """Per-request overrides from ``request.extensions["mistral_ratelimit"]``."""
+
+    skip: bool = False  # send without limiting or accounting
+    cost: int | None = None  # force the token cost instead of estimating it
+    max_retries: int | None = None  # override the configured retry count
+
+    @classmethod
+    def from_extensions(cls, extensions: Mapping[str, Any] | None) -> RequestOptions:
+        raw = (extensions or {}).get(EXTENSION_KEY)
+        if not isinstance(raw, Mapping):
+            return cls()
+        cost = raw.get("cost")
+        retries = raw.get("max_retries")
+        return cls(
+            skip=bool(raw.get("skip", False)),
+            cost=int(cost) if isinstance(cost, (int, float)) and 0 <= cost < 1e12 else None,
+            max_retries=retries if isinstance(retries, int) and retries >= 0 else None,
+        )
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """What the lifecycle needs to know of a request, library-independent."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes | None
+    replayable: bool  # the body can be sent again on a retry
+    options: RequestOptions = RequestOptions()
+
+
+@dataclass
+class Deliver:
+    """The end of ``run``: hand ``response`` to the caller, observed by ``observer``."""
+
+    response: Any
+    observer: BodyObserver | None
+
+
+def backoff(config: RatelimitConfig, attempt: int, factor: float = 1.0) -> float:
+    """Exponential backoff with jitter in [d/2, d], capped at ``max_delay``."""
+    d = min(config.max_delay, config.base_delay * factor * (2 ** min(attempt, 30)))
+    return random.uniform(d / 2, d)
+
+
+class Lifecycle:
+    """The request lifecycle shared by every transport built on one limiter."""
+
+    def __init__(self, limiter: Limiter, estimator: Estimator, config: RatelimitConfig) -> None:
+        self.limiter = limiter
+        self.estimator = estimator
+        self.config = config
+
+    def estimate(self, req: RequestView) -> Estimate:
+        if req.options.cost is not None:
+            base = self.estimator.estimate(req.method, req.path, None, req.headers, exact=False)
+            return replace(base, prompt_tokens=req.options.cost, completion_tokens=0, exact=True)
+        cheap = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
+        room_of = getattr(self.limiter, "token_room", None)
+        room = room_of() if callable(room_of) else None
+        if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room:
+            return cheap
+        return self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=True)
+
+    def run(self, req: RequestView) -> Steps:
+        if req.options.skip:
+            response = yield Send()
+            return Deliver(response, None)
+        est = self.estimate(req)
+        retries = req.options.max_retries
+        max_retries = self.config.max_retries if retries is None else retries
+        attempt = 0
+        while True:
+            res: Reservation = yield Acquire(est.total)
+            try:
+                response = yield Send()
+            except BaseException as exc:
+                not_sent = any(k.__name__ in NOT_SENT_ERRORS for k in type(exc).__mro__)
+                if not_sent:
+                    yield Call("cancel", (res,))  # nothing reached the server
+                else:
+                    yield Call("release", (res,))  # it may have been counted: stay charged
+                if not_sent and isinstance(exc, Exception) and attempt < max_retries:
+                    attempt += 1
+                    log.info("connection failed before sending (%s); retry %d/%d",
+                             type(exc).__name__, attempt, max_retries)
+                    yield Sleep(backoff(self.config, attempt - 1))
+                    continue
+                raise
+            outcome = yield from self._classify(res, est, req, response, attempt, max_retries)
+            if isinstance(outcome, Deliver):
+                return outcome
+            attempt += 1
+
+    def _classify(
+        self, res: Reservation, est: Estimate, req: RequestView, response: Any,
+        attempt: int, max_retries: int,
+    ) -> Generator[Effect, Any, Deliver | None]:
+        """Deliver the response, or return None after arranging a retry."""
+        try:
+            headers = response.headers
+            view = parse_ratelimit_headers(headers)
+            if view.observed:
+                yield Call("adopt", (view.observed,))
+            status = int(response.status_code)
+            if status < 400:
+                return Deliver(response, BodyObserver(self, res, est, view, headers))
+            body = yield ReadBody(response)
+        except BaseException:
+            yield Call("release", (res,))
+            yield Close(response)
+            raise
+        kind = classify_response(status, body)
+        # An error response carries no usage: the tokens were not spent, the request was.
+        yield Call("settle", (res, 0))
+        yield Call("release", (res,))
+        can_retry = attempt < max_retries and req.replayable
+        if kind is ErrorClass.RATE_LIMITED:
+            if view.zero_limit or view.month_exhausted:
+                yield Close(response)
+                what = "a limit of 0" if view.zero_limit else "the monthly token budget is spent"
+                raise BudgetExhausted(f"{status} from the server with {what}; not retrying")
+            wait = retry_after_seconds(headers)
+            if wait is None:
+                wait = backoff(self.config, attempt)
+            yield Call("pause_for", (wait,))  # the whole shared budget is spent, not just ours
+            log.warning("429 rate limited (attempt %d/%d); all callers pause %.2f s",
+                        attempt + 1, max_retries + 1, wait)
+        elif kind is ErrorClass.CAPACITY:
+            wait = retry_after_seconds(headers)
+            if wait is None:
+                wait = backoff(self.config, attempt, self.config.capacity_backoff_factor)
+            log.warning("%d service tier capacity exceeded (attempt %d/%d); backing off %.2f s",
+                        status, attempt + 1, max_retries + 1, wait)
+        elif kind is ErrorClass.SERVER and self.config.retry_server_errors:
+            wait = backoff(self.config, attempt)
+            log.warning("%d server error (attempt %d/%d); backing off %.2f s",
+                        status, attempt + 1, max_retries + 1, wait)
+        else:
+            return Deliver(response, None)
+        if not can_retry:
+            log.warning("giving up after %d attempts; returning the %d response",
+                        attempt + 1, status)
+            return Deliver(response, None)
+        yield Close(response)  # free the pooled connection before the next attempt
+        if kind is not ErrorClass.RATE_LIMITED:
+            yield Sleep(wait)
+        return None
+
+
+class _JsonSniffer:
+    """Collects a JSON body on the side (bounded), decoding it as the client will."""
+
+    def __init__(self, content_encoding: str | None) -> None:
+        self._decoder = IncrementalDecoder(content_encoding)
+        self._buf = bytearray()
+        self.failed = False
+
+    def feed(self, raw: bytes) -> None:
+        if self.failed:
+            return
+        self._buf += self._decoder.feed(raw)
+        if len(self._buf) > MAX_JSON_SNIFF_BYTES or self._decoder.failed:
+            self.failed = True
+            self._buf.clear()
+
+    def usage_and_conversation(self) -> tuple[Usage | None, str | None]:
+        if self.failed:
+            return None, None
+        facts = parse_json_response(bytes(self._buf + self._decoder.flush()))
+        return facts.usage, facts.conversation_id
+
+
+class BodyObserver:
+    """Watches a delivered body pass by, then settles the reservation exactly once."""
+
+    def __init__(
+        self, lifecycle: Lifecycle, res: Reservation, est: Estimate, view: ServerView,
+        headers: Mapping[str, str],
+    ) -> None:
+        self._lc = lifecycle
+        self.reservation = res
+        self.estimate = est
+        self._view = view
+        ctype = (headers.get("content-type") or "").lower()
+        encoding = headers.get("content-encoding")
+        self._sse: StreamSniffer | None = None
+        self._json: _JsonSniffer | None = None
+        if "text/event-stream" in ctype:
+            self._sse = StreamSniffer(encoding)
+        elif "json" in ctype:
+            self._json = _JsonSniffer(encoding)
+        self.finished = False
+        self.bytes_seen = 0
+
+    def feed(self, chunk: bytes) -> None:
+        """Never raises: our parsing must not break the caller's stream."""
+        self.bytes_seen += len(chunk)
+        try:
+            if self._sse is not None:
+                self._sse.feed(chunk)
+            elif self._json is not None:
+                self._json.feed(chunk)
+        except Exception:  # pragma: no cover - the sniffers promise not to raise
+            log.debug("usage sniffer failed; keeping the estimate", exc_info=True)
+            self._sse = self._json = None
+
+    def actual_tokens(self) -> tuple[float, Usage | None, str | None]:
+        """Tokens to settle to, the usage seen, and the conversation id."""
+        est = self.estimate
+        usage: Usage | None = None
+        conversation_id: str | None = None
+        streamed_chars = 0
+        try:
+            if self._sse is not None:
+                self._sse.close()
+                usage = self._sse.facts.usage
+                conversation_id = self._sse.facts.conversation_id
+                streamed_chars = self._sse.output_chars
+            elif self._json is not None:
+                usage, conversation_id = self._json.usage_and_conversation()
+        except Exception:  # pragma: no cover - defensive, see feed()
+            log.debug("usage parsing failed", exc_info=True)
+        if usage is not None and usage.total > 0:
+            return float(usage.total), usage, conversation_id
+        if self._view.query_cost is not None:
+            return float(self._view.query_cost), usage, conversation_id
+        if self._sse is not None:
+            # Cut or closed before usage: charge the prompt and what streamed so far (a
+            # character is never less than a token), never refund to zero.
+            streamed = min(est.completion_tokens, streamed_chars)
+            return float(est.prompt_tokens + streamed), None, conversation_id
+        return float(est.total), None, conversation_id
+
+    def finish(self) -> Steps:
+        """Settle and free the in-flight slot; later calls do nothing."""
+        if self.finished:
+            return
+        self.finished = True
+        res = self.reservation
+        try:
+            actual, usage, conversation_id = self.actual_tokens()
+            self._lc.estimator.observe(self.estimate, usage, conversation_id)
+        except Exception:  # pragma: no cover - the accountant promises not to raise
+            log.debug("settlement bookkeeping failed", exc_info=True)
+            actual, usage = float(self.estimate.total), None
+        try:
+            yield Call("settle", (res, actual))
+            if usage is not None and usage.prompt_tokens > 0:
+                yield Call("record_estimate", (self.estimate.prompt_tokens, usage.prompt_tokens))
+            log.debug("settled request: estimated %d tokens, actual %d",
+                      self.estimate.total, actual)
+        finally:
+            yield Call("release", (res,))

@@ -1,0 +1,106 @@
+"""The transport logic shared by the httpx and httpx2 classes: build a request view,
+drive the lifecycle, wrap the response stream. No retry or accounting logic lives here."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from .accounting.request import Estimator
+from .config import RatelimitConfig
+from .driving import deliver, drive_async, drive_sync
+from .lifecycle import Lifecycle, RequestOptions, RequestView
+from .limiter.base import Limiter
+from .limiter.memory import RateLimiter
+from .streams import AsyncStream, SyncStream
+
+log = logging.getLogger("mistral_ratelimit")
+
+
+def _is_json(headers: Mapping[str, str]) -> bool:
+    ctype = (headers.get("content-type") or "").lower()
+    return not ctype or "json" in ctype
+
+
+def _not_read(exc: BaseException) -> bool:
+    return type(exc).__name__ == "RequestNotRead"
+
+
+def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
+    return RequestView(
+        method=str(request.method).upper(),
+        path=str(request.url.path),
+        headers={k.lower(): v for k, v in request.headers.items()},
+        body=body,
+        replayable=replayable,
+        options=RequestOptions.from_extensions(request.extensions),
+    )
+
+
+class _Core:
+    """Construction shared by all four transport classes."""
+
+    def __init__(
+        self,
+        transport: Any = None,
+        *,
+        limiter: Limiter | None = None,
+        config: RatelimitConfig | None = None,
+        estimator: Estimator | None = None,
+    ) -> None:
+        self.config = config if config is not None else RatelimitConfig.from_env()
+        self.limiter: Limiter = limiter if limiter is not None else RateLimiter(self.config)
+        self.estimator = estimator if estimator is not None else Estimator.from_config(self.config)
+        self.lifecycle = Lifecycle(self.limiter, self.estimator, self.config)
+        self.transport = transport if transport is not None else self._default_transport()
+
+    def _default_transport(self) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(transport={self.transport!r}, limiter={self.limiter!r})"
+
+
+class SyncTransportCore(_Core):
+    def handle_request(self, request: Any) -> Any:
+        try:
+            body, replayable = request.content, True
+        except Exception as exc:
+            if not _not_read(exc):
+                raise
+            body, replayable = None, False
+            if _is_json(request.headers):
+                request.read()  # a streamed JSON body is buffered once, so a retry can resend it
+                body, replayable = request.content, True
+        outcome = drive_sync(
+            self.lifecycle.run(_view(request, body, replayable)),
+            self.limiter,
+            lambda: self.transport.handle_request(request),
+        )
+        return deliver(outcome, SyncStream, self.limiter)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
+class AsyncTransportCore(_Core):
+    async def handle_async_request(self, request: Any) -> Any:
+        try:
+            body, replayable = request.content, True
+        except Exception as exc:
+            if not _not_read(exc):
+                raise
+            body, replayable = None, False
+            if _is_json(request.headers):
+                await request.aread()
+                body, replayable = request.content, True
+        outcome = await drive_async(
+            self.lifecycle.run(_view(request, body, replayable)),
+            self.limiter,
+            lambda: self.transport.handle_async_request(request),
+        )
+        return deliver(outcome, AsyncStream, self.limiter)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
