@@ -1,0 +1,201 @@
+"""Rate-limit and retry headers as plain values.
+
+Two families of rate-limit headers are parsed (reference, §4 "Observed response headers"):
+
+- current: ``x-ratelimit-{limit,remaining}-tokens-{minute,month}``,
+  ``x-ratelimit-{limit,remaining}-req-{minute,month}``, ``x-ratelimit-tokens-query-cost``;
+- legacy: ``ratelimitbysize-{limit,remaining,query-cost}`` and
+  ``x-ratelimitbysize-{limit,remaining}-{minute,month}``. "bysize" counts tokens; the bare
+  form has no window in its name and a reset in seconds, so it is read as tokens per minute.
+  When both families describe the same window, the current family wins.
+
+Nothing here trusts the server blindly. A value is used only when it is a plain non-negative
+decimal number; repeated headers are reduced to their smallest value (the conservative
+reading); a ``remaining`` above its ``limit`` is dropped (the limit is kept), because one of
+the two is wrong and a limiter must not be told it has more room than the server grants.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import timezone
+from typing import Any
+
+from ..config import SECONDS_PER_MONTH, Unit
+from ..limiter.base import ObservedLimit
+from .types import ServerView
+
+#: Longest wait a ``Retry-After`` may impose; larger values are clamped to it.
+MAX_RETRY_AFTER = 600.0
+
+HeaderSource = Mapping[str, str] | Iterable[tuple[str, str]]
+
+_NUMBER = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+_DELTA = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_WINDOWS = {"minute": 60.0, "month": SECONDS_PER_MONTH}
+
+
+def _rate_header_table() -> dict[str, tuple[int, Unit, float, str]]:
+    """header name -> (family rank, unit, window seconds, field); rank 1 beats rank 0."""
+    table: dict[str, tuple[int, Unit, float, str]] = {}
+    for window, seconds in _WINDOWS.items():
+        for which in ("limit", "remaining"):
+            table[f"x-ratelimit-{which}-tokens-{window}"] = (1, "tokens", seconds, which)
+            table[f"x-ratelimit-{which}-req-{window}"] = (1, "requests", seconds, which)
+            table[f"x-ratelimitbysize-{which}-{window}"] = (0, "tokens", seconds, which)
+    for which in ("limit", "remaining"):
+        table[f"ratelimitbysize-{which}"] = (0, "tokens", 60.0, which)
+    return table
+
+
+_RATE_HEADERS = _rate_header_table()
+_QUERY_COST = {"x-ratelimit-tokens-query-cost": 1, "ratelimitbysize-query-cost": 0}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("latin-1")
+    return str(value)
+
+
+def _items(headers: HeaderSource) -> Iterator[tuple[str, str]]:
+    """Every (lower-case name, value) pair, repeated headers kept apart when possible."""
+    multi = getattr(headers, "multi_items", None)  # httpx / httpx2 Headers
+    if callable(multi):
+        pairs: Iterable[Any] = multi()
+    elif isinstance(headers, Mapping):
+        pairs = headers.items()
+    else:
+        pairs = headers
+    for pair in pairs:
+        try:
+            name, value = pair
+        except (TypeError, ValueError):
+            continue
+        yield _text(name).strip().lower(), _text(value)
+
+
+def _number(value: str) -> float | None:
+    """A non-negative finite decimal number, or None."""
+    text = value.strip()
+    if not _NUMBER.fullmatch(text):
+        return None
+    number = float(text)
+    return number if math.isfinite(number) else None
+
+
+def _numbers(value: str) -> float | None:
+    """The smallest of a comma-joined list of numbers; None if any element is malformed."""
+    found = [_number(part) for part in value.split(",")]
+    if not found or any(n is None for n in found):
+        return None
+    return min(n for n in found if n is not None)
+
+
+def parse_ratelimit_headers(headers: HeaderSource) -> ServerView:
+    """What the server says about its limits; never raises on bad header values."""
+    # (unit, window) -> field -> (rank, value)
+    seen: dict[tuple[Unit, float], dict[str, tuple[int, float]]] = {}
+    cost: tuple[int, float] | None = None
+    for name, value in _items(headers):
+        if name in _QUERY_COST:
+            number = _numbers(value)
+            rank = _QUERY_COST[name]
+            if number is not None and (
+                cost is None or rank > cost[0] or (rank == cost[0] and number < cost[1])
+            ):
+                cost = (rank, number)
+            continue
+        spec = _RATE_HEADERS.get(name)
+        if spec is None:
+            continue
+        number = _numbers(value)
+        if number is None:
+            continue
+        rank, unit, window, which = spec
+        fields = seen.setdefault((unit, window), {})
+        previous = fields.get(which)
+        if previous is None or rank > previous[0] or (rank == previous[0] and number < previous[1]):
+            fields[which] = (rank, number)
+
+    observed: list[ObservedLimit] = []
+    zero_limit = False
+    month_exhausted = False
+    for (unit, window), fields in seen.items():
+        limit = fields["limit"][1] if "limit" in fields else None
+        remaining = fields["remaining"][1] if "remaining" in fields else None
+        if limit is not None and remaining is not None and remaining > limit:
+            remaining = None
+        if limit == 0:
+            zero_limit = True
+        if unit == "tokens" and window == SECONDS_PER_MONTH and remaining == 0:
+            month_exhausted = True
+        observed.append(ObservedLimit(unit, window, limit, remaining))
+    observed.sort(key=lambda o: (o.unit, o.per_seconds))
+    query_cost = int(cost[1]) if cost is not None and cost[1].is_integer() else None
+    return ServerView(observed, query_cost, zero_limit, month_exhausted)
+
+
+def _delta_seconds(value: str) -> float | None:
+    text = value.strip()
+    if not _DELTA.fullmatch(text):
+        return None
+    seconds = float(text)
+    return seconds if math.isfinite(seconds) else None
+
+
+def _http_date_seconds(value: str, now: float) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except Exception:  # ValueError, TypeError, IndexError, OverflowError across versions
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:  # "-0000" or no zone: RFC 7231 dates are always GMT
+        when = when.replace(tzinfo=timezone.utc)
+    try:
+        seconds = when.timestamp() - now
+    except (OverflowError, ValueError, OSError):
+        return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def retry_after_seconds(headers: HeaderSource, *, now: float | None = None) -> float | None:
+    """Seconds the server asks us to wait, or None to fall back to backoff.
+
+    ``retry-after-ms`` (milliseconds, as the mistralai SDK 2.10+ reads it) wins over
+    ``Retry-After`` (delta-seconds or an HTTP-date, RFC 9110 §10.2.3). An invalid
+    ``retry-after-ms`` falls through to ``Retry-After``. Negative or non-finite values give
+    None; values above ``MAX_RETRY_AFTER`` are clamped to it; a past date gives 0.0.
+    """
+    ms_values: list[str] = []
+    values: list[str] = []
+    for name, value in _items(headers):
+        if name == "retry-after-ms":
+            ms_values.append(value)
+        elif name == "retry-after":
+            values.append(value)
+    for value in ms_values:
+        for part in value.split(","):
+            ms = _delta_seconds(part)
+            if ms is not None:
+                return min(ms / 1000.0, MAX_RETRY_AFTER)
+    wall = time.time() if now is None else now
+    for value in values:
+        seconds = _delta_seconds(value)
+        if seconds is None:
+            seconds = _http_date_seconds(value, wall)
+        if seconds is None and "," in value:
+            # Repeated headers joined by a Mapping: "5, 5". (An HTTP-date has a comma too,
+            # which is why the whole value was tried first.)
+            for part in value.split(","):
+                seconds = _delta_seconds(part)
+                if seconds is not None:
+                    break
+        if seconds is not None:
+            return min(seconds, MAX_RETRY_AFTER)
+    return None
