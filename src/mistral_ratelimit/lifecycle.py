@@ -16,7 +16,7 @@ import logging
 import random
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Union
+from typing import Any
 
 from .accounting.decoding import IncrementalDecoder
 from .accounting.headers import parse_ratelimit_headers, retry_after_seconds
@@ -77,7 +77,7 @@ class Call:
     args: tuple[Any, ...] = ()
 
 
-Effect = Union[Acquire, Send, ReadBody, Close, Sleep, Call]
+Effect = Acquire | Send | ReadBody | Close | Sleep | Call
 Steps = Generator[Effect, Any, Any]
 
 
@@ -168,8 +168,12 @@ class Lifecycle:
                     yield Call("release", (res,))  # it may have been counted: stay charged
                 if not_sent and isinstance(exc, Exception) and attempt < max_retries:
                     attempt += 1
-                    log.info("connection failed before sending (%s); retry %d/%d",
-                             type(exc).__name__, attempt, max_retries)
+                    log.info(
+                        "connection failed before sending (%s); retry %d/%d",
+                        type(exc).__name__,
+                        attempt,
+                        max_retries,
+                    )
                     yield Sleep(backoff(self.config, attempt - 1))
                     continue
                 raise
@@ -179,8 +183,13 @@ class Lifecycle:
             attempt += 1
 
     def _classify(
-        self, res: Reservation, est: Estimate, req: RequestView, response: Any,
-        attempt: int, max_retries: int,
+        self,
+        res: Reservation,
+        est: Estimate,
+        req: RequestView,
+        response: Any,
+        attempt: int,
+        max_retries: int,
     ) -> Generator[Effect, Any, Deliver | None]:
         """Deliver the response, or return None after arranging a retry."""
         try:
@@ -210,23 +219,38 @@ class Lifecycle:
             if wait is None:
                 wait = backoff(self.config, attempt)
             yield Call("pause_for", (wait,))  # the whole shared budget is spent, not just ours
-            log.warning("429 rate limited (attempt %d/%d); all callers pause %.2f s",
-                        attempt + 1, max_retries + 1, wait)
+            log.warning(
+                "429 rate limited (attempt %d/%d); all callers pause %.2f s",
+                attempt + 1,
+                max_retries + 1,
+                wait,
+            )
         elif kind is ErrorClass.CAPACITY:
             wait = retry_after_seconds(headers)
             if wait is None:
                 wait = backoff(self.config, attempt, self.config.capacity_backoff_factor)
-            log.warning("%d service tier capacity exceeded (attempt %d/%d); backing off %.2f s",
-                        status, attempt + 1, max_retries + 1, wait)
+            log.warning(
+                "%d service tier capacity exceeded (attempt %d/%d); backing off %.2f s",
+                status,
+                attempt + 1,
+                max_retries + 1,
+                wait,
+            )
         elif kind is ErrorClass.SERVER and self.config.retry_server_errors:
             wait = backoff(self.config, attempt)
-            log.warning("%d server error (attempt %d/%d); backing off %.2f s",
-                        status, attempt + 1, max_retries + 1, wait)
+            log.warning(
+                "%d server error (attempt %d/%d); backing off %.2f s",
+                status,
+                attempt + 1,
+                max_retries + 1,
+                wait,
+            )
         else:
             return Deliver(response, None)
         if not can_retry:
-            log.warning("giving up after %d attempts; returning the %d response",
-                        attempt + 1, status)
+            log.warning(
+                "giving up after %d attempts; returning the %d response", attempt + 1, status
+            )
             return Deliver(response, None)
         yield Close(response)  # free the pooled connection before the next attempt
         if kind is not ErrorClass.RATE_LIMITED:
@@ -261,7 +285,11 @@ class BodyObserver:
     """Watches a delivered body pass by, then settles the reservation exactly once."""
 
     def __init__(
-        self, lifecycle: Lifecycle, res: Reservation, est: Estimate, view: ServerView,
+        self,
+        lifecycle: Lifecycle,
+        res: Reservation,
+        est: Estimate,
+        view: ServerView,
         headers: Mapping[str, str],
     ) -> None:
         self._lc = lifecycle
@@ -334,7 +362,8 @@ class BodyObserver:
             yield Call("settle", (res, actual))
             if usage is not None and usage.prompt_tokens > 0:
                 yield Call("record_estimate", (self.estimate.prompt_tokens, usage.prompt_tokens))
-            log.debug("settled request: estimated %d tokens, actual %d",
-                      self.estimate.total, actual)
+            log.debug(
+                "settled request: estimated %d tokens, actual %d", self.estimate.total, actual
+            )
         finally:
             yield Call("release", (res,))

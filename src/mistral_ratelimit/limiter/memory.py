@@ -12,6 +12,7 @@ by a stream of small ones.
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import threading
 import time
@@ -103,8 +104,9 @@ class RateLimiter(SyncBackedAsyncMixin):
         return min(rooms) if rooms else None
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{w.limit.amount:g} {w.limit.unit}/{w.limit.per_seconds:g}s"
-                          for w in self._windows)
+        inner = ", ".join(
+            f"{w.limit.amount:g} {w.limit.unit}/{w.limit.per_seconds:g}s" for w in self._windows
+        )
         return f"RateLimiter({inner}, max_concurrency={self._max_inflight})"
 
     # -- booking -------------------------------------------------------------------------
@@ -125,8 +127,11 @@ class RateLimiter(SyncBackedAsyncMixin):
             t = w.earliest_fit(t0, self._cost(w, res))
             if t > at:
                 at, binding = t, w
-        if (binding is not None and binding.limit.per_seconds >= LONG_WINDOW_SECONDS
-                and at - now > LONG_WAIT_SECONDS):
+        if (
+            binding is not None
+            and binding.limit.per_seconds >= LONG_WINDOW_SECONDS
+            and at - now > LONG_WAIT_SECONDS
+        ):
             raise BudgetExhausted(
                 f"the {binding.limit.amount:g} {binding.limit.unit} per "
                 f"{binding.limit.per_seconds:g} s budget is spent; it frees up in {at - now:.0f} s"
@@ -161,7 +166,9 @@ class RateLimiter(SyncBackedAsyncMixin):
         return res
 
     def _promote(self, now: float) -> None:
-        while self._queue and self._max_inflight is not None and self._inflight < self._max_inflight:
+        while (
+            self._queue and self._max_inflight is not None and self._inflight < self._max_inflight
+        ):
             res = self._queue.popleft()
             try:
                 self._schedule(res, now)
@@ -202,10 +209,8 @@ class RateLimiter(SyncBackedAsyncMixin):
             if res.state is State.CANCELLED:
                 return
             if res.state is State.QUEUED:
-                try:
+                with contextlib.suppress(ValueError):
                     self._queue.remove(res)
-                except ValueError:
-                    pass
             elif not res.settled:
                 self._unbook(res)
                 self._s["tokens_reserved"] -= res.tokens
@@ -281,7 +286,9 @@ class RateLimiter(SyncBackedAsyncMixin):
                 if obs.remaining is None or not math.isfinite(obs.remaining) or obs.remaining < 0:
                     continue
                 for w in self._windows:
-                    if w.limit.unit == obs.unit and math.isclose(w.limit.per_seconds, obs.per_seconds):
+                    if w.limit.unit == obs.unit and math.isclose(
+                        w.limit.per_seconds, obs.per_seconds
+                    ):
                         w.prune(now)
                         excess = w.available_at(now) - obs.remaining
                         if excess > 0:
@@ -289,8 +296,15 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def _discover(self, observed: list[ObservedLimit]) -> None:
         for unit in ("requests", "tokens"):
-            reported = [o for o in observed if o.unit == unit and o.limit and o.limit > 0
-                        and math.isfinite(o.limit) and o.per_seconds < LONG_WINDOW_SECONDS]
+            reported = [
+                o
+                for o in observed
+                if o.unit == unit
+                and o.limit
+                and o.limit > 0
+                and math.isfinite(o.limit)
+                and o.per_seconds < LONG_WINDOW_SECONDS
+            ]
             mine = [i for i, w in enumerate(self._windows) if w.limit.unit == unit]
             if not reported or any(self._explicit[i] for i in mine):
                 continue

@@ -1,0 +1,507 @@
+"""The transports over MockTransport inner transports: httpx and httpx2, sync and async."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+
+from mistral_ratelimit import BudgetExhausted, RatelimitConfig, RateLimiter, RequestTooLarge
+from mistral_ratelimit import httpx as mr_httpx
+from mistral_ratelimit import httpx2 as mr_httpx2
+
+LIBS = {"httpx": (httpx, mr_httpx), "httpx2": (httpx2, mr_httpx2)}
+
+START_BODY = {
+    "inputs": [
+        {
+            "role": "user",
+            "content": "What is the capital of France?",
+            "object": "entry",
+            "type": "message.input",
+            "prefix": False,
+        }
+    ],
+    "stream": False,
+    "completion_args": {"max_tokens": 100},
+    "model": "mistral-medium-latest",
+}
+USAGE = {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}
+RESPONSE = {
+    "object": "conversation.response",
+    "conversation_id": "conv_1",
+    "outputs": [],
+    "usage": USAGE,
+}
+RATE_LIMITED = {
+    "object": "error",
+    "message": "Rate limit exceeded",
+    "type": "rate_limited",
+    "param": None,
+    "code": "1300",
+    "raw_status_code": 429,
+}
+
+
+def sse(*events: tuple[str, dict[str, Any]]) -> bytes:
+    return b"".join(
+        f"event: {name}\ndata: {json.dumps(data)}\n\n".encode() for name, data in events
+    )
+
+
+STREAM = sse(
+    (
+        "conversation.response.started",
+        {"type": "conversation.response.started", "conversation_id": "conv_s"},
+    ),
+    ("message.output.delta", {"type": "message.output.delta", "content": "Par"}),
+    ("message.output.delta", {"type": "message.output.delta", "content": "is"}),
+    ("conversation.response.done", {"type": "conversation.response.done", "usage": USAGE}),
+)
+
+
+def config(**kw: Any) -> RatelimitConfig:
+    base: dict[str, Any] = dict(
+        api_key="sk-test",
+        requests_per_second=1000,
+        tokens_per_minute=10_000_000,
+        base_delay=0.01,
+        max_delay=0.05,
+    )
+    base.update(kw)
+    return RatelimitConfig(**base)
+
+
+class Script:
+    """A scripted server: a list of responses handed out in order, and the calls seen."""
+
+    def __init__(self, lib: Any, *replies: Callable[[Any], Any]) -> None:
+        self.lib = lib
+        self.replies = list(replies)
+        self.calls: list[Any] = []
+        self.closed: list[Any] = []
+
+    def __call__(self, request: Any) -> Any:
+        self.calls.append(request)
+        reply = self.replies[min(len(self.calls), len(self.replies)) - 1]
+        return reply(request)
+
+
+def ok_json(lib: Any) -> Callable[[Any], Any]:
+    return lambda req: lib.Response(200, json=RESPONSE)
+
+
+def too_many(lib: Any, headers: dict[str, str] | None = None) -> Callable[[Any], Any]:
+    return lambda req: lib.Response(429, json=RATE_LIMITED, headers=headers or {})
+
+
+def sync_client(lib_name: str, script: Script, limiter: RateLimiter, cfg: RatelimitConfig) -> Any:
+    lib, mr = LIBS[lib_name]
+    transport = mr.RateLimitTransport(lib.MockTransport(script), limiter=limiter, config=cfg)
+    return lib.Client(transport=transport, base_url="https://api.mistral.ai")
+
+
+def async_client(lib_name: str, script: Script, limiter: RateLimiter, cfg: RatelimitConfig) -> Any:
+    lib, mr = LIBS[lib_name]
+    transport = mr.AsyncRateLimitTransport(lib.MockTransport(script), limiter=limiter, config=cfg)
+    return lib.AsyncClient(transport=transport, base_url="https://api.mistral.ai")
+
+
+@pytest.fixture(params=["httpx", "httpx2"])
+def lib_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_json_usage_is_settled_sync(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    assert r.json()["usage"] == USAGE
+    s = limiter.stats()
+    assert s.requests_admitted == 1
+    assert s.in_flight == 0
+    # Reserved the estimate (prompt + max_tokens 100), settled to the real 28.
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
+
+
+def test_json_usage_is_settled_async(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_concurrency=2)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+
+    async def main() -> None:
+        async with async_client(lib_name, script, limiter, cfg) as client:
+            for _ in range(3):
+                r = await client.post("/v1/conversations", json=START_BODY)
+                assert r.status_code == 200
+
+    anyio.run(main)
+    s = limiter.stats()
+    assert (s.requests_admitted, s.in_flight) == (3, 0)
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(3 * 28)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sse_stream_settles_from_done_event(lib_name: str, backend: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_concurrency=1)
+    limiter = RateLimiter(cfg)
+
+    async def chunks() -> Any:
+        for i in range(0, len(STREAM), 7):  # arbitrary chunk boundaries
+            yield STREAM[i : i + 7]
+
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200, headers={"content-type": "text/event-stream"}, content=chunks()
+        ),
+    )
+    got = bytearray()
+
+    async def main() -> None:
+        async with async_client(lib_name, script, limiter, cfg) as client:
+            body = dict(START_BODY, stream=True)
+            async with client.stream("POST", "/v1/conversations", json=body) as r:
+                assert limiter.stats().in_flight == 1  # the stream holds its slot
+                async for chunk in r.aiter_raw():
+                    got.extend(chunk)
+            assert limiter.stats().in_flight == 0  # released when closed
+
+    anyio.run(main, backend=backend)
+    assert bytes(got) == STREAM  # passed through untouched
+    s = limiter.stats()
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
+
+
+def test_stream_passes_chunks_through_as_they_come(lib_name: str) -> None:
+    """The caller sees the first chunk before the server has produced the second one."""
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    produced: list[int] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i, part in enumerate(STREAM.split(b"\n\n")):
+            produced.append(i)
+            yield part + b"\n\n"
+
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200, headers={"content-type": "text/event-stream"}, content=chunks()
+        ),
+    )
+    with (
+        sync_client(lib_name, script, limiter, cfg) as client,
+        client.stream("POST", "/v1/conversations", json=dict(START_BODY, stream=True)) as r,
+    ):
+        it = r.iter_raw()
+        first = next(it)
+        assert first.startswith(b"event: conversation.response.started")
+        assert produced == [0]
+        rest = b"".join(it)
+    assert first + rest == STREAM + b"\n\n"
+
+
+def test_stream_closed_early_stays_charged(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    cut = STREAM[: STREAM.index(b"event: conversation.response.done")]
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200, headers={"content-type": "text/event-stream"}, content=iter([cut])
+        ),
+    )
+    with (
+        sync_client(lib_name, script, limiter, cfg) as client,
+        client.stream("POST", "/v1/conversations", json=dict(START_BODY, stream=True)) as r,
+    ):
+        r.read()
+    s = limiter.stats()
+    charged = s.tokens_reserved - s.tokens_refunded + s.tokens_charged
+    # No usage arrived: the prompt estimate and the streamed characters stay charged.
+    assert charged >= len("Paris")
+    assert charged > 0
+    assert s.in_flight == 0
+
+
+def test_three_429s_then_200_on_one_pooled_connection(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=3)
+    limiter = RateLimiter(cfg)
+    headers = {"retry-after-ms": "10"}
+    script = Script(
+        lib, too_many(lib, headers), too_many(lib, headers), too_many(lib, headers), ok_json(lib)
+    )
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    assert r.status_code == 200
+    assert len(script.calls) == 4
+    s = limiter.stats()
+    assert s.rate_limited_seen == 3
+    assert s.requests_admitted == 4  # every attempt takes a new reservation
+    assert s.in_flight == 0
+
+
+def test_retries_exhausted_returns_last_429_as_is(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=2)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, too_many(lib, {"retry-after-ms": "1"}))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    assert r.status_code == 429
+    assert r.json() == RATE_LIMITED
+    assert len(script.calls) == 3
+
+
+@pytest.mark.parametrize("value", ["inf", "-1", "1e400", "nan", "soon", "99999999999999999999"])
+def test_bad_retry_after_never_hangs(lib_name: str, value: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=1)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, too_many(lib, {"retry-after": value}), ok_json(lib))
+    started = time.monotonic()
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    assert r.status_code == 200
+    if value != "99999999999999999999":
+        # Unusable values fall back to the (tiny) configured backoff.
+        assert limiter.stats().paused_until - limiter.now() <= cfg.max_delay
+    assert time.monotonic() - started < 60  # never an endless sleep
+
+
+def test_retry_after_http_date_pauses_every_caller(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=0)
+    limiter = RateLimiter(cfg)
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    script = Script(lib, too_many(lib, {"retry-after": when}))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        assert client.post("/v1/conversations", json=START_BODY).status_code == 429
+    pause = limiter.stats().paused_until - limiter.now()
+    assert 25 < pause <= 31
+    # A new caller is held back by the same pause.
+    res = limiter.reserve(1)
+    assert limiter.delay(res) > 25
+    limiter.cancel(res)
+
+
+def test_zero_limit_fails_fast(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=5)
+    limiter = RateLimiter(cfg)
+    script = Script(
+        lib,
+        too_many(
+            lib, {"x-ratelimit-limit-req-minute": "0", "x-ratelimit-remaining-req-minute": "0"}
+        ),
+    )
+    with sync_client(lib_name, script, limiter, cfg) as client, pytest.raises(BudgetExhausted):
+        client.post("/v1/conversations", json=START_BODY)
+    assert len(script.calls) == 1
+    assert limiter.stats().in_flight == 0
+
+
+def test_capacity_error_is_retried(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=2, capacity_backoff_factor=1.0)
+    limiter = RateLimiter(cfg)
+    capacity = {
+        "object": "error",
+        "message": "Service tier capacity exceeded for this model.",
+        "type": "service_tier_capacity_exceeded",
+        "param": None,
+        "code": "3505",
+    }
+    script = Script(lib, lambda req: lib.Response(503, json=capacity), ok_json(lib))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        assert client.post("/v1/conversations", json=START_BODY).status_code == 200
+    assert len(script.calls) == 2
+    assert limiter.stats().rate_limited_seen == 0  # not our quota
+
+
+@pytest.mark.parametrize("opt_in", [False, True])
+def test_server_errors_retried_only_on_opt_in(lib_name: str, opt_in: bool) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=2, retry_server_errors=opt_in)
+    limiter = RateLimiter(cfg)
+    script = Script(
+        lib, lambda req: lib.Response(502, text="<html>bad gateway</html>"), ok_json(lib)
+    )
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        status = client.post("/v1/conversations", json=START_BODY).status_code
+    assert status == (200 if opt_in else 502)
+    assert len(script.calls) == (2 if opt_in else 1)
+
+
+def test_connection_error_before_send_is_retried_and_given_back(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=2)
+    limiter = RateLimiter(cfg)
+
+    def refuse(req: Any) -> Any:
+        raise lib.ConnectError("refused", request=req)
+
+    script = Script(lib, refuse, ok_json(lib))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        assert client.post("/v1/conversations", json=START_BODY).status_code == 200
+    s = limiter.stats()
+    assert s.requests_cancelled == 1  # the failed attempt gave its reservation back
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
+
+
+def test_read_error_after_send_is_not_retried(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=3)
+    limiter = RateLimiter(cfg)
+
+    def broken(req: Any) -> Any:
+        raise lib.ReadTimeout("slow", request=req)
+
+    script = Script(lib, broken)
+    with sync_client(lib_name, script, limiter, cfg) as client, pytest.raises(lib.ReadTimeout):
+        client.post("/v1/conversations", json=START_BODY)
+    assert len(script.calls) == 1
+    s = limiter.stats()
+    assert s.in_flight == 0
+    assert s.tokens_reserved > 0  # it may have reached the model: stays charged
+
+
+def test_streaming_request_body_is_buffered_once_and_replayed(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=1)
+    limiter = RateLimiter(cfg)
+    payload = json.dumps(START_BODY).encode()
+    script = Script(lib, too_many(lib, {"retry-after-ms": "1"}), ok_json(lib))
+
+    def body() -> Iterator[bytes]:
+        yield payload[:10]
+        yield payload[10:]
+
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        r = client.post(
+            "/v1/conversations", content=body(), headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 200
+    assert [c.content for c in script.calls] == [payload, payload]  # never re-sent empty
+
+
+def test_request_too_large_fails_at_once(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(tokens_per_minute=50)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+    with sync_client(lib_name, script, limiter, cfg) as client, pytest.raises(RequestTooLarge):
+        client.post("/v1/conversations", json=START_BODY)  # 100 max_tokens > 50 per minute
+    assert script.calls == []
+
+
+def test_extensions_skip_and_force_cost(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    script = Script(lib, lambda req: lib.Response(200, json={"ok": True}))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        client.post("/v1/x", json={}, extensions={"mistral_ratelimit": {"skip": True}})
+        assert limiter.stats().requests_admitted == 0
+        client.post("/v1/x", json={}, extensions={"mistral_ratelimit": {"cost": 777}})
+    assert limiter.stats().tokens_reserved == 777
+
+
+def test_gzip_json_usage_is_read(lib_name: str) -> None:
+    import gzip
+
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    raw = gzip.compress(json.dumps(RESPONSE).encode())
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+            content=raw,
+        ),
+    )
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        assert client.post("/v1/conversations", json=START_BODY).json() == RESPONSE
+    s = limiter.stats()
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
+
+
+def test_429_storm_many_concurrent_callers(lib_name: str) -> None:
+    """Forty callers meet a burst of 429s: one shared pause, everyone finishes, nothing leaks."""
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=5, max_concurrency=8)
+    limiter = RateLimiter(cfg)
+    state = {"n": 0}
+
+    def handler(req: Any) -> Any:
+        state["n"] += 1
+        if state["n"] <= 20:
+            return lib.Response(429, json=RATE_LIMITED, headers={"retry-after-ms": "20"})
+        return lib.Response(200, json=RESPONSE)
+
+    async def main() -> list[int]:
+        async with async_client(lib_name, Script(lib, handler), limiter, cfg) as client:
+            rs = await asyncio.gather(
+                *(client.post("/v1/conversations", json=START_BODY) for _ in range(40))
+            )
+        return [r.status_code for r in rs]
+
+    assert asyncio.run(main()) == [200] * 40
+    s = limiter.stats()
+    assert s.in_flight == 0
+    assert s.queued == 0
+    assert s.rate_limited_seen == 20
+
+
+def test_async_cancellation_gives_everything_back(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(requests_per_second=1, max_concurrency=1)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+
+    async def main() -> None:
+        async with async_client(lib_name, script, limiter, cfg) as client:
+            await client.post("/v1/conversations", json=START_BODY)  # uses the 1 rps
+            with anyio.move_on_after(0.1):  # the next one waits ~1 s: cancel it
+                await client.post("/v1/conversations", json=START_BODY)
+
+    anyio.run(main)
+    s = limiter.stats()
+    assert len(script.calls) == 1
+    assert s.requests_cancelled == 1
+    assert s.in_flight == 0
+    assert s.queued == 0
+
+
+def test_transport_defaults_and_close(lib_name: str) -> None:
+    lib, mr = LIBS[lib_name]
+    closed: list[bool] = []
+
+    class Inner(lib.MockTransport):  # type: ignore[misc, name-defined]
+        def close(self) -> None:
+            closed.append(True)
+
+    t = mr.RateLimitTransport(Inner(lambda r: lib.Response(200)), config=config())
+    assert isinstance(t, lib.BaseTransport)
+    assert "sk-test" not in repr(t)
+    t.close()
+    assert closed == [True]
