@@ -115,7 +115,9 @@ class RatelimitConfig:
             or not isinstance(self.max_concurrency, int)
             or self.max_concurrency < 1
         ):
-            raise ValueError(f"max_concurrency must be an integer >= 1, got {self.max_concurrency!r}")
+            raise ValueError(
+                f"max_concurrency must be an integer >= 1, got {self.max_concurrency!r}"
+            )
         if self.max_delay < self.base_delay:
             raise ValueError("max_delay must be >= base_delay")
         if not isinstance(self.limits, tuple):
@@ -167,8 +169,16 @@ class RatelimitConfig:
         """
         env = os.environ if environ is None else environ
         kwargs: dict[str, Any] = {}
-        floats = ("requests_per_second", "tokens_per_minute", "tokens_per_month", "base_delay",
-                  "max_delay", "timeout", "window_margin", "capacity_backoff_factor")
+        floats = (
+            "requests_per_second",
+            "tokens_per_minute",
+            "tokens_per_month",
+            "base_delay",
+            "max_delay",
+            "timeout",
+            "window_margin",
+            "capacity_backoff_factor",
+        )
         ints = ("max_retries", "max_concurrency", "default_max_tokens", "unknown_history_tokens")
         for name in (*floats, *ints):
             raw = env.get(f"MISTRAL_RATELIMIT_{name.upper()}")
@@ -180,7 +190,9 @@ class RatelimitConfig:
             try:
                 kwargs[name] = int(raw) if name in ints else float(raw)
             except ValueError:
-                raise ValueError(f"MISTRAL_RATELIMIT_{name.upper()}: not a number: {raw!r}") from None
+                raise ValueError(
+                    f"MISTRAL_RATELIMIT_{name.upper()}: not a number: {raw!r}"
+                ) from None
         raw_retry = env.get("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS")
         if raw_retry:
             kwargs["retry_server_errors"] = raw_retry.strip().lower() in ("1", "true", "yes", "on")

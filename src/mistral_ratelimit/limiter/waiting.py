@@ -11,7 +11,9 @@ from .base import Limiter, Reservation
 
 
 def acquire(
-    limiter: Limiter, tokens: float, requests: float = 1.0,
+    limiter: Limiter,
+    tokens: float,
+    requests: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Reservation:
     """Reserve and sleep until the reservation may go. Cancels it if the wait is interrupted."""
