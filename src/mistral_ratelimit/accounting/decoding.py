@@ -44,8 +44,9 @@ class _Zlib:
     def __init__(self, gzip: bool) -> None:
         self._gzip = gzip
         # "deflate" is meant to be zlib-wrapped (RFC 9110 §8.4.1.2) but some servers send raw
-        # deflate; like httpx, try zlib first and fall back to raw on the first error.
-        self._first = not gzip
+        # deflate. The two-byte zlib header (RFC 1950 §2.2) tells them apart, so the first
+        # bytes are held until both have arrived, whatever the chunking.
+        self._head: bytes | None = None if gzip else b""
         self._ignore_rest = False
         self._obj = self._new()
 
@@ -55,13 +56,14 @@ class _Zlib:
         return zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
 
     def decode(self, data: bytes) -> bytes:
-        if self._first and data:
-            self._first = False
-            try:
-                return self._decode(data)
-            except zlib.error:
+        if self._head is not None:
+            data = self._head + data
+            if len(data) < 2:
+                self._head = data
+                return b""
+            self._head = None
+            if not (data[0] & 0x0F == 8 and ((data[0] << 8) | data[1]) % 31 == 0):
                 self._obj = self._new(raw=True)
-                return self._decode(data)
         return self._decode(data)
 
     def _decode(self, data: bytes) -> bytes:

@@ -141,11 +141,16 @@ def parse_ratelimit_headers(headers: HeaderSource) -> ServerView:
 
 
 def _delta_seconds(value: str) -> float | None:
+    """Delta-seconds; inf for a plain run of digits too long for a float (clamped later)."""
     text = value.strip()
     if not _DELTA.fullmatch(text):
         return None
     seconds = float(text)
-    return seconds if math.isfinite(seconds) else None
+    if math.isfinite(seconds):
+        return seconds
+    # "1e400" is an overflow trick, not a number a server means; a huge integer is valid
+    # delta-seconds syntax (RFC 9110 §10.2.3) that simply asks for a very long wait.
+    return math.inf if _NUMBER.fullmatch(text.lstrip("+")) else None
 
 
 def _http_date_seconds(value: str, now: float) -> float | None:
