@@ -424,3 +424,15 @@ def test_sse_like_streams_sniff_the_same_under_any_chunking(
     bounds = [0, *cuts, len(stream)]
     chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     assert _summary(_sniff(chunks)) == _summary(_sniff([stream]))
+
+
+def test_finish_reason_without_usage_is_not_the_end() -> None:
+    # Some servers send usage in a separate chunk after the finish_reason chunk.
+    stream = (
+        _chunk("done", "stop") + 'data: {"usage": {"total_tokens": 12}, "choices": []}\r\n\r\n'
+    ).encode()
+    s = _sniff([stream[: stream.index(b"data: {", 10)]])
+    assert not s.finished
+    assert s.facts.usage is None
+    s = _sniff([stream])
+    assert s.facts.usage == Usage(total_tokens=12)
