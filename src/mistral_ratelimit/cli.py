@@ -10,7 +10,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mistral-ratelimit")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run the main job against the local emulator")
+    from .emulator import command as serve_command
+
+    serve_command.add_arguments(sub.add_parser("serve", help="run the Mistral emulator"))
     args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve_command.run(args)
     if args.command == "demo":
         from .limiter import RateLimiter
         from .config import RatelimitConfig
