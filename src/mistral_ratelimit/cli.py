@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve_command.run(args)
     if args.command == "demo":
-        from .limiter import RateLimiter
         from .config import RatelimitConfig
+        from .limiter import RateLimiter
 
         lim = RateLimiter(RatelimitConfig(requests_per_second=8))
         print(lim, [round(lim.reserve(1).at - lim.now(), 2) for _ in range(20)])
