@@ -21,7 +21,7 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Container, Iterable, Mapping
 from datetime import timezone
 from typing import Any
 
@@ -54,35 +54,52 @@ def _rate_header_table() -> dict[str, tuple[int, Unit, float, str]]:
 
 _RATE_HEADERS = _rate_header_table()
 _QUERY_COST = {"x-ratelimit-tokens-query-cost": 1, "ratelimitbysize-query-cost": 0}
+_WANTED = frozenset(_RATE_HEADERS) | frozenset(_QUERY_COST)
+_RETRY_NAMES = frozenset({"retry-after", "retry-after-ms"})
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).decode("latin-1")
     return str(value)
 
 
-def _items(headers: HeaderSource) -> Iterator[tuple[str, str]]:
-    """Every (lower-case name, value) pair, repeated headers kept apart when possible."""
+def _items(headers: HeaderSource, wanted: Container[str]) -> list[tuple[str, str]]:
+    """(lower-case name, value) pairs for the wanted names, repeats kept apart when possible.
+
+    Runs on every response, so values of other headers are not even converted.
+    """
     multi = getattr(headers, "multi_items", None)  # httpx / httpx2 Headers
     if callable(multi):
+        try:
+            # Their names are already lower-case, stripped str: the common case, kept cheap.
+            return [(k, v) for k, v in multi() if k in wanted and isinstance(v, str)]
+        except (TypeError, ValueError):
+            pass  # not the Headers we know: take the general path below
         pairs: Iterable[Any] = multi()
     elif isinstance(headers, Mapping):
         pairs = headers.items()
     else:
         pairs = headers
+    out: list[tuple[str, str]] = []
     for pair in pairs:
         try:
             name, value = pair
         except (TypeError, ValueError):
             continue
-        yield _text(name).strip().lower(), _text(value)
+        key = _text(name).strip().lower()
+        if key in wanted:
+            out.append((key, _text(value)))
+    return out
 
 
 def _number(value: str) -> float | None:
     """A non-negative finite decimal number, or None."""
     text = value.strip()
-    if not _NUMBER.fullmatch(text):
+    # isdigit alone would accept non-ASCII digits ("٣", "²") that float() partly rejects.
+    if not ((text.isascii() and text.isdigit()) or _NUMBER.fullmatch(text)):
         return None
     number = float(text)
     return number if math.isfinite(number) else None
@@ -90,8 +107,10 @@ def _number(value: str) -> float | None:
 
 def _numbers(value: str) -> float | None:
     """The smallest of a comma-joined list of numbers; None if any element is malformed."""
+    if "," not in value:
+        return _number(value)
     found = [_number(part) for part in value.split(",")]
-    if not found or any(n is None for n in found):
+    if any(n is None for n in found):
         return None
     return min(n for n in found if n is not None)
 
@@ -101,7 +120,7 @@ def parse_ratelimit_headers(headers: HeaderSource) -> ServerView:
     # (unit, window) -> field -> (rank, value)
     seen: dict[tuple[Unit, float], dict[str, tuple[int, float]]] = {}
     cost: tuple[int, float] | None = None
-    for name, value in _items(headers):
+    for name, value in _items(headers, _WANTED):
         if name in _QUERY_COST:
             number = _numbers(value)
             rank = _QUERY_COST[name]
@@ -179,7 +198,7 @@ def retry_after_seconds(headers: HeaderSource, *, now: float | None = None) -> f
     """
     ms_values: list[str] = []
     values: list[str] = []
-    for name, value in _items(headers):
+    for name, value in _items(headers, _RETRY_NAMES):
         if name == "retry-after-ms":
             ms_values.append(value)
         elif name == "retry-after":
