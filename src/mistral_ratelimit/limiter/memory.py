@@ -85,6 +85,10 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._poll = poll_interval
         self._lock = threading.Lock()
         self._tail = -math.inf
+        # Bookings still ahead of the clock, in booking order (so ``at`` never decreases).
+        # When the newest ones are cancelled the tail steps back to the newest live one:
+        # a cancelled reservation gives back its place in time, not only its capacity.
+        self._ahead: collections.deque[tuple[float, Reservation]] = collections.deque()
         self._paused_until = -math.inf
         self._inflight = 0
         self._queue: collections.deque[Reservation] = collections.deque()
@@ -136,29 +140,47 @@ class RateLimiter(SyncBackedAsyncMixin):
                 f"the {binding.limit.amount:g} {binding.limit.unit} per "
                 f"{binding.limit.per_seconds:g} s budget is spent; it frees up in {at - now:.0f} s"
             )
-        res.slots = {i: w.add(at, self._cost(w, res)) for i, w in enumerate(self._windows)}
+        res.slots = {w.ident: w.add(at, self._cost(w, res)) for w in self._windows}
         res.at = at
         res.state = State.SCHEDULED
         self._tail = at
+        while self._ahead and self._ahead[0][0] <= now:
+            self._ahead.popleft()
+        self._ahead.append((at, res))
         self._s["tokens_reserved"] += res.tokens
 
+    def _window(self, ident: int) -> WindowState | None:
+        return next((w for w in self._windows if w.ident == ident), None)
+
     def _unbook(self, res: Reservation) -> None:
-        for i, key in res.slots.items():
-            w = self._windows[i]
-            if w.has_slot(key):
+        for ident, key in res.slots.items():
+            w = self._window(ident)
+            if w is not None and w.has_slot(key):
                 w.add_to_slot(key, -self._cost(w, res))
         res.slots = {}
 
+    def _retreat_tail(self) -> None:
+        """Step the tail back past bookings that were cancelled or re-booked."""
+        while self._ahead:
+            at, res = self._ahead[-1]
+            if res.state is not State.CANCELLED and res.at == at:
+                self._tail = at
+                return
+            self._ahead.pop()
+        self._tail = -math.inf
+
     def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
         res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
-        self._check_fits(res)
         with self._lock:
+            # Under the lock: discovery may have just replaced the windows.
+            self._check_fits(res)
             now = self._clock()
             res.created_at = now
-            if self._max_inflight is None:
+            if self._max_inflight is None or (
+                not self._queue and self._inflight < self._max_inflight
+            ):
                 self._schedule(res, now)
-            elif not self._queue and self._inflight < self._max_inflight:
-                self._schedule(res, now)
+                # Counted with or without a cap, so stats() always shows what is in flight.
                 self._inflight += 1
                 res.holds_inflight = True
             else:
@@ -171,8 +193,9 @@ class RateLimiter(SyncBackedAsyncMixin):
         ):
             res = self._queue.popleft()
             try:
+                self._check_fits(res)
                 self._schedule(res, now)
-            except BudgetExhausted:
+            except (BudgetExhausted, RequestTooLarge):
                 res.state = State.CANCELLED  # its delay() call reports it
                 continue
             self._inflight += 1
@@ -190,6 +213,7 @@ class RateLimiter(SyncBackedAsyncMixin):
                 # A 429 arrived after this booking: move it behind the pause, or it would
                 # be counted at a time when the server's window was already full.
                 self._unbook(res)
+                self._retreat_tail()
                 self._schedule(res, now)
                 self._s["tokens_reserved"] -= res.tokens
             wait = res.at - now
@@ -215,6 +239,7 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._unbook(res)
                 self._s["tokens_reserved"] -= res.tokens
             res.state = State.CANCELLED
+            self._retreat_tail()
             res.settled = True
             self._s["requests_cancelled"] += 1
             self._release_locked(res)
@@ -233,19 +258,19 @@ class RateLimiter(SyncBackedAsyncMixin):
             if diff == 0:
                 return
             now = self._clock()
-            for i, key in res.slots.items():
-                w = self._windows[i]
+            for w in self._windows:
                 if w.limit.unit != "tokens":
                     continue
-                if w.has_slot(key):
-                    before = w.slots[key]
+                key = res.slots.get(w.ident)
+                if key is not None and w.has_slot(key):
                     w.add_to_slot(key, diff)
-                    if diff < 0:
-                        self._s["tokens_refunded"] += before - w.slots[key]
                 elif diff > 0:
-                    w.add(now, diff)
+                    w.add(now, diff)  # its slot expired (or was replaced): count from now
+            # Counted once per reservation, however many token windows it sits in.
             if diff > 0:
                 self._s["tokens_charged"] += diff
+            else:
+                self._s["tokens_refunded"] -= diff
             res.tokens = actual
 
     def release(self, res: Reservation) -> None:
@@ -308,14 +333,21 @@ class RateLimiter(SyncBackedAsyncMixin):
             mine = [i for i, w in enumerate(self._windows) if w.limit.unit == unit]
             if not reported or any(self._explicit[i] for i in mine):
                 continue
+            dropped = [self._windows[i] for i in mine]
             keep = [i for i in range(len(self._windows)) if i not in mine]
             self._windows = [self._windows[i] for i in keep]
             self._explicit = [self._explicit[i] for i in keep]
             for o in reported:
                 assert o.limit is not None
-                self._windows.append(WindowState(Limit(o.limit, o.per_seconds, unit), self._margin))
+                w = WindowState(Limit(o.limit, o.per_seconds, unit), self._margin)
+                # Requests already booked (some still waiting to go) count in the new window
+                # too, at their slot's end: later than they went, so for at least as long.
+                for old in dropped:
+                    for key, amount in old.slots.items():
+                        if amount > 0:
+                            w.add((key + 1) * old.width, amount)
+                self._windows.append(w)
                 self._explicit.append(True)
-            self._tail = max(self._tail, self._clock())  # old bookings refer to dropped windows
 
     def record_estimate(self, estimated: float, actual: float) -> None:
         if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):

@@ -23,12 +23,15 @@ at or after the newest one are kept, so at most ``SLOTS + margin/d + 2`` numbers
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass, field
 
 from ..config import Limit
 
 SLOTS_PER_WINDOW = 100
+
+_window_ids = itertools.count(1)
 
 
 @dataclass
@@ -38,6 +41,9 @@ class WindowState:
     slots: dict[int, float] = field(default_factory=dict)
     keys: list[int] = field(default_factory=list)
     total: float = 0.0
+    #: Stable identity: reservations name the windows they booked in by it, so a window
+    #: replaced by discovery is never confused with the one that took its list position.
+    ident: int = field(default_factory=lambda: next(_window_ids))
 
     @property
     def width(self) -> float:

@@ -1,0 +1,653 @@
+"""The limiter contract, run against every backend through ``make_limiter`` (see conftest).
+
+Two kinds of tests live here:
+
+* real-clock tests use each backend's own clock; their windows are long (30 s) so the
+  reservations they inspect never expire during the test, and they assert on the *sign*
+  or rough size of ``delay()``, never on elapsed time;
+* fake-clock tests pass ``clock=``; they check exact timings and are skipped on backends
+  that read their own clock (Redis uses its server TIME).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import anyio
+import pytest
+
+from conftest import FakeClock, MakeLimiter, admitted_per_window, is_close
+from mistral_ratelimit.config import Limit, RatelimitConfig
+from mistral_ratelimit.errors import BudgetExhausted, RatelimitError, RequestTooLarge
+from mistral_ratelimit.limiter import Limiter, ObservedLimit, aacquire, acquire
+
+LONG = 30.0  # seconds: longer than any real-clock test runs
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def requests_limit(amount: float, per: float = LONG) -> list[Limit]:
+    return [Limit(amount, per, "requests")]
+
+
+def tokens_limit(amount: float, per: float = LONG) -> list[Limit]:
+    return [Limit(amount, per, "tokens")]
+
+
+# -- shape ---------------------------------------------------------------------------------
+
+
+def test_backend_satisfies_the_protocol(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(5))
+    assert isinstance(limiter, Limiter)
+    assert isinstance(limiter.now(), float)
+
+
+# -- bursts, waits and size -----------------------------------------------------------------
+
+
+def test_a_full_burst_goes_at_once_and_the_next_waits_a_window(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(5))
+    burst = [limiter.reserve(0) for _ in range(5)]
+    assert [limiter.delay(r) for r in burst] == [0.0] * 5
+    late = limiter.reserve(0)
+    assert limiter.delay(late) > LONG - 5  # a sliding window: no early refill
+
+
+def test_tokens_and_requests_are_taken_together(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter([Limit(3, LONG, "requests"), Limit(100, LONG, "tokens")])
+    first = limiter.reserve(90)
+    assert limiter.delay(first) == 0.0
+    # Two requests of room left but only 10 tokens: the token window binds.
+    assert limiter.delay(limiter.reserve(20)) > LONG - 5
+
+
+@pytest.mark.parametrize(("tokens", "requests"), [(101, 1), (5, 4)])
+def test_request_too_large_raises_at_once_naming_the_numbers(
+    make_limiter: MakeLimiter, tokens: float, requests: float
+) -> None:
+    limiter = make_limiter([Limit(3, LONG, "requests"), Limit(100, LONG, "tokens")])
+    with pytest.raises(RequestTooLarge) as info:
+        limiter.reserve(tokens, requests)
+    err = info.value
+    if tokens > 100:
+        assert (err.estimate, err.limit_amount, err.unit) == (101, 100, "tokens")
+        assert "101" in str(err) and "100" in str(err)
+    else:
+        assert (err.estimate, err.limit_amount, err.unit) == (4, 3, "requests")
+        assert "4 requests" in str(err) and "3 requests" in str(err)
+    assert isinstance(err, ValueError)
+    # Nothing was taken: a full-size request still goes at once.
+    assert limiter.delay(limiter.reserve(100)) == 0.0
+
+
+def test_request_of_exactly_the_window_amount_fits(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    assert limiter.delay(limiter.reserve(100)) == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "10", True])
+def test_bad_costs_raise_value_error(make_limiter: MakeLimiter, bad: object) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    with pytest.raises(ValueError, match="tokens"):
+        limiter.reserve(bad)  # type: ignore[arg-type]
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+
+def test_cancel_gives_everything_back(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter([Limit(5, LONG, "requests"), Limit(500, LONG, "tokens")])
+    held = [limiter.reserve(100) for _ in range(8)]  # 5 now, 3 a window later
+    assert limiter.delay(held[-1]) > 0
+    for res in held:
+        limiter.cancel(res)
+    again = [limiter.reserve(100) for _ in range(5)]
+    assert [limiter.delay(r) for r in again] == [0.0] * 5
+    assert limiter.stats().tokens_reserved == 500
+    assert limiter.stats().requests_cancelled == 8
+
+
+def test_cancel_of_a_waiting_reservation_lets_later_ones_keep_their_turn(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = make_limiter(requests_limit(1))
+    first = limiter.reserve(0)
+    second = limiter.reserve(0)
+    third = limiter.reserve(0)
+    d2, d3 = limiter.delay(second), limiter.delay(third)
+    assert 0 < d2 < d3
+    limiter.cancel(second)
+    assert limiter.delay(third) <= d3  # cancelling never pushes the others back
+    assert limiter.delay(first) == 0.0
+
+
+def test_cancel_twice_counts_once(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(60)
+    limiter.cancel(res)
+    limiter.cancel(res)
+    stats = limiter.stats()
+    assert stats.requests_cancelled == 1
+    assert stats.tokens_reserved == 0
+    assert limiter.delay(limiter.reserve(100)) == 0.0
+
+
+def test_delay_of_a_cancelled_reservation_raises(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(60)
+    limiter.cancel(res)
+    with pytest.raises(BudgetExhausted):
+        limiter.delay(res)
+
+
+# -- settle ---------------------------------------------------------------------------------
+
+
+def test_refund_makes_room_at_once(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(80)
+    assert limiter.delay(res) == 0.0
+    limiter.settle(res, 20)
+    assert limiter.delay(limiter.reserve(80)) == 0.0
+    assert limiter.delay(limiter.reserve(1)) > LONG - 5
+    stats = limiter.stats()
+    assert stats.tokens_refunded == 60
+    assert stats.tokens_charged == 0
+
+
+def test_debt_is_waited_out(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(50)
+    assert limiter.delay(res) == 0.0
+    limiter.settle(res, 150)  # the server used more than the window holds
+    assert limiter.stats().tokens_charged == 100
+    assert limiter.delay(limiter.reserve(1)) > LONG - 5
+
+
+def test_settle_twice_changes_nothing(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(80)
+    limiter.settle(res, 30)
+    before = limiter.stats()
+    limiter.settle(res, 0)
+    limiter.settle(res, 500)
+    assert limiter.stats() == before
+    assert limiter.delay(limiter.reserve(70)) == 0.0  # 30 used: the second settle did not refund
+    assert limiter.delay(limiter.reserve(1)) > 0  # ... nor did the third charge debt
+
+
+def test_settle_after_cancel_changes_nothing(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(80)
+    limiter.cancel(res)
+    before = limiter.stats()
+    limiter.settle(res, 500)
+    assert limiter.stats() == before
+    assert limiter.delay(limiter.reserve(100)) == 0.0
+
+
+def test_refund_never_lifts_above_capacity(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    small = limiter.reserve(10)
+    limiter.cancel(limiter.reserve(0))
+    limiter.settle(small, 0)
+    # An empty window holds 100, never more: refunds past zero are not credit.
+    assert limiter.delay(limiter.reserve(100)) == 0.0
+    assert limiter.delay(limiter.reserve(1)) > LONG - 5
+
+
+def test_broken_usage_keeps_the_estimate(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = limiter.reserve(80)
+    limiter.settle(res, math.nan)
+    limiter.settle(res, 0)  # the broken report did not count as the settlement
+    assert limiter.stats().tokens_refunded == 80
+
+
+def test_refund_is_counted_once_with_several_token_windows(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter([Limit(1000, LONG, "tokens"), Limit(5000, 2 * LONG, "tokens")])
+    res = limiter.reserve(100)
+    limiter.settle(res, 40)
+    stats = limiter.stats()
+    assert stats.tokens_refunded == 60
+    assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged == 40
+    other = limiter.reserve(100)
+    limiter.settle(other, 130)
+    stats = limiter.stats()
+    assert stats.tokens_charged == 30
+    assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged == 170
+
+
+# -- stats ----------------------------------------------------------------------------------
+
+
+def test_stats_snapshot(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(
+        RatelimitConfig(api_key="sk-x", requests_per_second=None, tokens_per_minute=1000)
+    )
+    empty = limiter.stats()
+    assert (empty.requests_admitted, empty.in_flight, empty.queued) == (0, 0, 0)
+    assert empty.paused_until == 0.0
+    a = limiter.reserve(100)
+    b = limiter.reserve(200)
+    assert limiter.delay(a) == 0.0 and limiter.delay(b) == 0.0
+    limiter.settle(a, 50)
+    limiter.pause_for(0.0)
+    stats = limiter.stats()
+    assert stats.requests_admitted == 2
+    assert stats.tokens_reserved == 300
+    assert stats.tokens_refunded == 50
+    assert stats.rate_limited_seen == 1
+    assert stats.in_flight == 2  # granted and not yet released
+    assert stats.wait_seconds_total >= 0 and stats.wait_seconds_max >= 0
+    assert stats.limits == (Limit(1000, 60.0, "tokens"),)
+    limiter.release(a)
+    limiter.release(b)
+    limiter.release(b)
+    assert limiter.stats().in_flight == 0
+
+
+def test_record_estimate_feeds_the_error_stats(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    limiter.record_estimate(110, 100)
+    limiter.record_estimate(90, 100)
+    limiter.record_estimate(5, 0)  # no actual usage: nothing to compare
+    stats = limiter.stats()
+    assert stats.estimate_samples == 2
+    assert is_close(stats.estimate_error_mean, 0.0)
+    assert is_close(stats.estimate_error_abs_mean, 0.1)
+
+
+# -- concurrency cap ------------------------------------------------------------------------
+
+
+def test_max_concurrency_caps_in_flight_in_arrival_order(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(100), max_concurrency=2)
+    a, b, c, d = (limiter.reserve(0) for _ in range(4))
+    assert limiter.delay(a) == 0.0 and limiter.delay(b) == 0.0
+    assert limiter.delay(c) > 0 and limiter.delay(d) > 0
+    assert (limiter.stats().in_flight, limiter.stats().queued) == (2, 2)
+    limiter.release(a)
+    assert limiter.delay(c) == 0.0  # first queued goes first
+    assert limiter.delay(d) > 0
+    limiter.release(a)  # releasing twice frees one slot only
+    assert limiter.delay(d) > 0
+    limiter.settle(b, 0)  # settling is not releasing: a stream holds its slot until closed
+    assert limiter.delay(d) > 0
+    limiter.release(b)
+    assert limiter.delay(d) == 0.0
+    assert (limiter.stats().in_flight, limiter.stats().queued) == (2, 0)
+
+
+def test_cancel_of_a_queued_reservation(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(100), max_concurrency=1)
+    a, b, c = (limiter.reserve(0) for _ in range(3))
+    assert limiter.delay(a) == 0.0
+    limiter.cancel(b)
+    assert limiter.stats().queued == 1
+    limiter.release(a)
+    assert limiter.delay(c) == 0.0
+    assert limiter.stats().in_flight == 1
+
+
+def test_cancel_of_a_running_reservation_frees_its_slot(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(100), max_concurrency=1)
+    a, b = limiter.reserve(0), limiter.reserve(0)
+    assert limiter.delay(a) == 0.0
+    limiter.cancel(a)
+    assert limiter.delay(b) == 0.0
+
+
+# -- pause ----------------------------------------------------------------------------------
+
+
+def test_pause_holds_back_new_and_scheduled_reservations(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(100))
+    booked = limiter.reserve(0)  # scheduled for now, not yet told to go
+    limiter.pause_for(LONG)
+    assert limiter.delay(booked) > LONG - 5
+    assert limiter.delay(limiter.reserve(0)) > LONG - 5
+    stats = limiter.stats()
+    assert stats.rate_limited_seen == 1
+    assert stats.paused_until > limiter.now() + LONG - 5
+
+
+def test_pause_until_is_on_the_limiters_clock(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(100))
+    pause_until = getattr(limiter, "pause_until", None)
+    assert pause_until is not None, "the issue asks for pause_until(t)"
+    pause_until(limiter.now() + LONG)
+    assert limiter.delay(limiter.reserve(0)) > LONG - 5
+    assert limiter.stats().rate_limited_seen == 0  # an explicit pause is not a 429
+
+
+@pytest.mark.parametrize("seconds", [math.nan, -5.0, math.inf])
+def test_nonsense_pauses_do_not_block_forever(make_limiter: MakeLimiter, seconds: float) -> None:
+    limiter = make_limiter(requests_limit(100))
+    limiter.pause_for(seconds)
+    assert limiter.delay(limiter.reserve(0)) <= 3600.0
+
+
+def test_a_granted_reservation_is_not_taken_back_by_a_pause(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(100))
+    res = limiter.reserve(0)
+    assert limiter.delay(res) == 0.0
+    limiter.pause_for(LONG)
+    assert limiter.delay(res) == 0.0
+
+
+# -- the server's view ---------------------------------------------------------------------
+
+
+def test_adopt_lower_remaining_makes_later_reservations_wait(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(1000, 60.0))
+    assert limiter.delay(limiter.reserve(100)) == 0.0
+    limiter.adopt([ObservedLimit("tokens", 60.0, 1000, 150)])
+    assert limiter.delay(limiter.reserve(150)) == 0.0
+    assert limiter.delay(limiter.reserve(10)) > 30
+
+
+def test_adopt_higher_remaining_gives_no_credit(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(1000, 60.0))
+    assert limiter.delay(limiter.reserve(900)) == 0.0
+    limiter.adopt([ObservedLimit("tokens", 60.0, 1000, 1000)])
+    assert limiter.delay(limiter.reserve(200)) > 30
+
+
+def test_adopt_replaces_tier_defaults_with_the_servers_limits(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x"))  # 1 rps, 500k tpm: tier defaults
+    limiter.adopt(
+        [
+            ObservedLimit("requests", 60.0, 720, 719),
+            ObservedLimit("tokens", 60.0, 5_000_000, 4_999_000),
+        ]
+    )
+    limits = set(limiter.stats().limits)
+    assert limits == {Limit(720, 60.0, "requests"), Limit(5_000_000, 60.0, "tokens")}
+    # The tier default of 1 rps is gone: a burst goes at once.
+    burst = [limiter.reserve(1000) for _ in range(10)]
+    assert [limiter.delay(r) for r in burst] == [0.0] * 10
+
+
+def test_adopt_never_replaces_explicit_limits(make_limiter: MakeLimiter) -> None:
+    cfg = RatelimitConfig(api_key="sk-x", requests_per_second=2.0, tokens_per_minute=1000)
+    limiter = make_limiter(cfg)
+    before = limiter.stats().limits
+    limiter.adopt(
+        [
+            ObservedLimit("requests", 60.0, 720, 720),
+            ObservedLimit("tokens", 60.0, 5_000_000, 5_000_000),
+        ]
+    )
+    assert limiter.stats().limits == before
+
+
+def test_cancel_and_settle_still_work_after_discovery(make_limiter: MakeLimiter) -> None:
+    """Reservations made before discovery give back to the windows they booked in."""
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x", tokens_per_minute=1000.0))
+    settled = limiter.reserve(400)
+    cancelled = limiter.reserve(400)  # booked a second later, behind the 1 rps default
+    limiter.adopt([ObservedLimit("requests", 60.0, 720, 720)])  # replaces the 1 rps default
+    limiter.cancel(cancelled)
+    limiter.settle(settled, 100)
+    # 100 of the explicit 1000 tokens are used: 900 more go at once.
+    assert limiter.delay(limiter.reserve(900)) == 0.0
+    assert limiter.delay(limiter.reserve(1)) > 30
+
+
+def test_discovery_keeps_counting_requests_booked_before_it(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x"), clock=clock)  # tier default: 1 rps
+    early = [limiter.reserve(0) for _ in range(10)]  # booked over the next ~9 s
+    limiter.adopt([ObservedLimit("requests", 60.0, 12, 11)])  # the server counted one so far
+    late = [limiter.reserve(0) for _ in range(4)]
+    ats = [r.at for r in early + late]
+    assert ats == sorted(ats)
+    # The ten booked at 1 rps still go; the new 12-per-minute window counts them.
+    for res in late:
+        in_window = [t for t in ats if res.at - 60.0 < t <= res.at]
+        assert len(in_window) <= 12
+
+
+def test_a_queued_request_too_large_for_a_discovered_limit_is_refused(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x"), max_concurrency=1)
+    running = limiter.reserve(0)
+    big = limiter.reserve(100_000)  # fits the 500k tier default; queued behind `running`
+    limiter.adopt(
+        [
+            ObservedLimit("requests", 60.0, 720, 719),
+            ObservedLimit("tokens", 60.0, 50_000, 50_000),
+        ]
+    )
+    limiter.release(running)
+    with pytest.raises(RatelimitError):
+        limiter.delay(big)
+    with pytest.raises(RequestTooLarge):
+        limiter.reserve(100_000)
+    assert limiter.delay(limiter.reserve(50_000)) == 0.0
+
+
+def test_adopt_ignores_garbage(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(1000, 60.0))
+    limiter.adopt(
+        [
+            ObservedLimit("tokens", 60.0, None, None),
+            ObservedLimit("tokens", 60.0, math.nan, math.nan),
+            ObservedLimit("tokens", 60.0, -1, -1),
+            ObservedLimit("tokens", 12.0, 1000, 0),  # a window this limiter does not enforce
+        ]
+    )
+    assert limiter.delay(limiter.reserve(1000)) == 0.0
+
+
+# -- waiting helpers -------------------------------------------------------------------------
+
+
+def test_acquire_returns_immediately_when_there_is_room(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    res = acquire(limiter, 40, sleep=lambda s: pytest.fail(f"slept {s}"))
+    assert res.tokens == 40
+    assert limiter.stats().requests_admitted == 1
+
+
+def test_acquire_cancels_when_the_wait_is_interrupted(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100))
+    acquire(limiter, 100)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        acquire(limiter, 50, sleep=interrupted)
+    stats = limiter.stats()
+    assert stats.requests_cancelled == 1
+    assert stats.tokens_reserved == 100
+
+
+@pytest.mark.anyio
+async def test_aacquire_cancelled_while_waiting_gives_back(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(1))
+    await aacquire(limiter, 0)
+    with anyio.move_on_after(0.05):
+        await aacquire(limiter, 0)
+        pytest.fail("the second request had to wait a window")
+    stats = limiter.stats()
+    assert (stats.requests_admitted, stats.requests_cancelled) == (1, 1)
+
+
+@pytest.mark.anyio
+async def test_async_twins_match_the_sync_calls(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(tokens_limit(100), max_concurrency=1)
+    res = await limiter.areserve(60)
+    assert await limiter.adelay(res) == 0.0
+    waiting = await limiter.areserve(10)
+    assert await limiter.adelay(waiting) > 0
+    await limiter.asettle(res, 30)
+    await limiter.arelease(res)
+    assert await limiter.adelay(waiting) == 0.0
+    await limiter.acancel(waiting)
+    await limiter.apause_for(0.0, rate_limited=False)
+    await limiter.aadopt([])
+    stats = limiter.stats()
+    assert (stats.tokens_reserved, stats.tokens_refunded, stats.requests_cancelled) == (60, 30, 1)
+
+
+# -- fake clock (memory only) ---------------------------------------------------------------
+
+
+def test_waits_are_exact_on_a_fake_clock(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    limiter = make_limiter(requests_limit(2, 10.0), clock=clock)
+    ats = [limiter.reserve(0).at - clock() for _ in range(6)]
+    assert ats[:2] == [0.0, 0.0]
+    # Each later pair waits one window, plus at most one slot (1%) of rounding.
+    for later, expected in ((ats[2:4], 10.0), (ats[4:6], 20.0)):
+        for at in later:
+            assert expected - 1e-9 <= at <= expected * 1.01 + 1e-9
+    assert ats == sorted(ats)
+
+
+def test_window_margin_is_added_to_every_window(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(requests_limit(1, 10.0), clock=clock, window_margin=0.5)
+    limiter.reserve(0)
+    wait = limiter.reserve(0).at - clock()
+    assert 10.5 - 1e-9 <= wait <= 10.6 + 1e-9
+
+
+def test_a_full_window_is_free_again_after_it_passes(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(tokens_limit(100, 10.0), clock=clock)
+    acquire(limiter, 100, sleep=clock.sleep)
+    clock.advance(10.1 + 1e-6)
+    res = limiter.reserve(100)
+    assert limiter.delay(res) == 0.0
+
+
+def test_no_overshoot_at_start_up(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    """The token-bucket bug: a full bucket plus its refill admits ~2x in the first window."""
+    limiter = make_limiter(requests_limit(10, 1.0), clock=clock)
+    grants = []
+    for _ in range(100):
+        acquire(limiter, 0, sleep=clock.sleep)
+        grants.append((clock(), 1.0))
+        clock.advance(0.013)
+    assert admitted_per_window(grants, 1.0) <= 10
+
+
+def test_pause_moves_scheduled_reservations_behind_it(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(requests_limit(1, 1.0), clock=clock)
+    first, second, third = (limiter.reserve(0) for _ in range(3))
+    assert limiter.delay(first) == 0.0
+    clock.advance(0.5)
+    limiter.pause_for(5.0)
+    pause_end = clock() + 5.0
+    assert is_close(limiter.stats().paused_until, pause_end)
+    new = limiter.reserve(0)
+    # delay() re-books each waiter behind the pause; none goes before it ends.
+    for res in (second, third, new):
+        assert limiter.delay(res) >= pause_end - clock() - 1e-9
+    clock.set(max(second.at, third.at, new.at))
+    for res in (second, third, new):
+        assert limiter.delay(res) == 0.0
+    grants = [(r.at, 1.0) for r in (first, second, third, new)]
+    assert admitted_per_window(grants, 1.0) <= 1
+    assert limiter.stats().tokens_reserved == 0
+
+
+def test_pause_clamped_to_an_hour(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    limiter = make_limiter(requests_limit(100), clock=clock)
+    limiter.pause_for(10 * 86_400)
+    assert is_close(limiter.reserve(0).at - clock(), 3600.0)
+
+
+def test_fifo_a_large_request_is_not_starved(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    limiter = make_limiter(tokens_limit(100, 1.0), clock=clock)
+    for _ in range(10):
+        limiter.reserve(10)
+    big = limiter.reserve(100)  # needs the whole window
+    small = [limiter.reserve(1) for _ in range(50)]
+    assert all(s.at >= big.at for s in small)
+    # It goes once the window of the first ten has passed, not after the stream of small ones.
+    assert big.at - clock() <= 1.0 * 1.01 + 1e-9
+
+
+def test_debt_is_waited_out_exactly(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    limiter = make_limiter(tokens_limit(100, 10.0), clock=clock)
+    res = acquire(limiter, 10, sleep=clock.sleep)
+    clock.advance(2.0)
+    limiter.settle(res, 250)  # 150 over the window: it counts where the request went
+    nxt = limiter.reserve(1)
+    assert 10.0 - 1e-9 <= nxt.at - (clock() - 2.0) <= 10.1 + 1e-9
+
+
+def test_debt_on_an_expired_slot_counts_from_now(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(tokens_limit(100, 10.0), clock=clock)
+    res = acquire(limiter, 10, sleep=clock.sleep)
+    clock.advance(30.0)  # a long stream: its window has passed before the usage arrives
+    limiter.reserve(0)  # lets the limiter forget the old slot
+    limiter.settle(res, 250)
+    nxt = limiter.reserve(1)
+    assert nxt.at - clock() >= 10.0 - 1e-9
+
+
+def test_monthly_budget_fails_fast(make_limiter: MakeLimiter, clock: FakeClock) -> None:
+    cfg = RatelimitConfig(
+        api_key="sk-x", requests_per_second=None, tokens_per_minute=None, tokens_per_month=1000
+    )
+    limiter = make_limiter(cfg, clock=clock)
+    acquire(limiter, 1000, sleep=clock.sleep)
+    with pytest.raises(BudgetExhausted, match="1000 tokens"):
+        limiter.reserve(1)
+
+
+def test_queued_waiters_get_slots_in_arrival_order(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(requests_limit(1000), clock=clock, max_concurrency=3)
+    running = [limiter.reserve(0) for _ in range(3)]
+    queued = [limiter.reserve(0) for _ in range(20)]
+    for i, res in enumerate(queued):
+        assert all(limiter.delay(r) > 0 for r in queued[i:])
+        limiter.release(running.pop(0))
+        assert limiter.delay(res) == 0.0
+        running.append(res)
+
+
+def test_limiter_survives_two_asyncio_runs_with_queued_waiters(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = make_limiter(requests_limit(2, 60.0))
+
+    async def first_run() -> None:
+        await aacquire(limiter, 0)
+        for _ in range(5):  # these queue a window later; the run ends under them
+            asyncio.get_running_loop().create_task(aacquire(limiter, 0))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(first_run())
+    stats = limiter.stats()
+    assert (stats.requests_admitted, stats.requests_cancelled) == (2, 4)
+
+    async def second_run() -> float:
+        res = await limiter.areserve(0)
+        return await limiter.adelay(res)
+
+    # Two went at once; the four cancelled by the end of the first run gave their bookings
+    # back, so the next one waits for the window of those two only (60 s), not behind the
+    # bookings of the cancelled four (120 s).
+    wait = asyncio.run(second_run())
+    assert 0 < wait <= 60.0 * 1.01 + 0.5
