@@ -6,6 +6,7 @@ import gzip
 import itertools
 import json
 import random
+import sys
 import zlib
 
 import brotli
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mistral_ratelimit.accounting import decoding
 from mistral_ratelimit.accounting.decoding import IncrementalDecoder
 from mistral_ratelimit.accounting.types import ResponseFacts, Usage
 from mistral_ratelimit.accounting.usage import StreamSniffer, parse_json_response
@@ -365,11 +367,48 @@ def test_oversized_line_makes_the_sniffer_give_up_without_raising() -> None:
     assert s.facts.usage is None
 
 
-def test_decompression_bomb_is_refused() -> None:
-    bomb = gzip.compress(b"\0" * (80 * 1024 * 1024), compresslevel=9)
-    decoder = IncrementalDecoder("gzip")
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+def test_decompression_bomb_is_refused(coding: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The bound is lowered so the bomb stays small enough to build quickly.
+    monkeypatch.setattr(decoding, "MAX_OUTPUT_PER_FEED", 3 * 1024 * 1024)
+    zeros = b"\0" * (8 * 1024 * 1024)
+    compress = {"gzip": gzip.compress, "deflate": zlib.compress, "br": brotli.compress}[coding]
+    bomb = compress(zeros)
+    assert len(bomb) < 64 * 1024
+    decoder = IncrementalDecoder(coding)
     assert decoder.feed(bomb) == b""
     assert decoder.failed
+    assert decoder.feed(b"more") == b""
+    assert decoder.flush() == b""
+    # Below the bound the same data decodes in full.
+    monkeypatch.setattr(decoding, "MAX_OUTPUT_PER_FEED", 16 * 1024 * 1024)
+    decoder = IncrementalDecoder(coding)
+    assert decoder.feed(bomb) + decoder.flush() == zeros
+
+
+def test_brotli_without_output_limit_support_still_decodes() -> None:
+    # brotli 1.1 (allowed by the "brotli" extra) has no output_buffer_limit argument.
+    class OldDecompressor:
+        def __init__(self) -> None:
+            self._real = brotli.Decompressor()
+
+        def process(self, data: bytes) -> bytes:
+            return bytes(self._real.process(data))
+
+    decoder = IncrementalDecoder("br")
+    decoder._stages[0]._obj = OldDecompressor()  # type: ignore[attr-defined]
+    raw = brotli.compress(CONVERSATION)
+    out = b"".join(decoder.feed(raw[i : i + 7]) for i in range(0, len(raw), 7))
+    assert out + decoder.flush() == CONVERSATION
+    assert not decoder.failed
+
+
+def test_brotli_missing_disables_sniffing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "brotli", None)  # makes "import brotli" raise ImportError
+    assert IncrementalDecoder("br").failed
+    s = _sniff([brotli.compress(CONVERSATION)], "br")
+    assert s.failed
+    assert s.facts.usage is None
 
 
 def test_feed_after_close_is_ignored() -> None:

@@ -116,7 +116,9 @@ class _Brotli:
                 total += len(piece)
                 if total > MAX_OUTPUT_PER_FEED:
                     raise _TooLarge
-                if self._obj.can_accept_more_data():
+                # A piece that reached the limit may have more behind it. brotli 1.2.1's
+                # can_accept_more_data() says True even then, so it cannot be the test.
+                if len(piece) < _STEP or self._obj.is_finished():
                     break
                 piece = self._obj.process(b"", output_buffer_limit=_STEP)
         except TypeError:
