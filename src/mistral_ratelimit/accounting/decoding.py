@@ -87,7 +87,7 @@ class _Zlib:
                     pending = rest
                     continue
                 # Trailing bytes after the stream: ignored, as the client's decoder does.
-                self._ignore_rest = not self._gzip or bool(rest)
+                self._ignore_rest = True
                 break
             if not pending:
                 break
@@ -104,26 +104,28 @@ class _Brotli:
         import brotli  # optional at runtime: ImportError makes the decoder give up
 
         self._obj = brotli.Decompressor()
-        self._error: type[BaseException] = brotli.error
+        self._bounded = True  # brotli < 1.2 has no output_buffer_limit
 
     def decode(self, data: bytes) -> bytes:
+        if self._bounded:
+            try:
+                piece = self._obj.process(data, output_buffer_limit=_STEP)
+            except TypeError:
+                self._bounded = False
+        if not self._bounded:
+            return bytes(self._obj.process(data))  # unbounded, but still correct
         out: list[bytes] = []
         total = 0
-        try:
-            piece = self._obj.process(data, output_buffer_limit=_STEP)
-            while True:
-                out.append(piece)
-                total += len(piece)
-                if total > MAX_OUTPUT_PER_FEED:
-                    raise _TooLarge
-                # A piece that reached the limit may have more behind it. brotli 1.2.1's
-                # can_accept_more_data() says True even then, so it cannot be the test.
-                if len(piece) < _STEP or self._obj.is_finished():
-                    break
-                piece = self._obj.process(b"", output_buffer_limit=_STEP)
-        except TypeError:
-            # brotli < 1.2 has no output_buffer_limit; unbounded but still correct.
-            return bytes(self._obj.process(data))
+        while True:
+            out.append(piece)
+            total += len(piece)
+            if total > MAX_OUTPUT_PER_FEED:
+                raise _TooLarge
+            # A piece that reached the limit may have more behind it. brotli 1.2.1's
+            # can_accept_more_data() says True even then, so it cannot be the test.
+            if len(piece) < _STEP or self._obj.is_finished():
+                break
+            piece = self._obj.process(b"", output_buffer_limit=_STEP)
         return b"".join(out)
 
     def flush(self) -> bytes:

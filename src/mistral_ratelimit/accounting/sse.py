@@ -119,11 +119,7 @@ class SSEParser:
             return []
         out: list[SSEEvent] = []
         if self.dispatch_at_eof:
-            if self._head:  # a stream shorter than a BOM
-                head, self._head = self._head, b""
-                self._bom_checked = True
-                if head != _BOM[: len(head)]:
-                    self._partial += head
+            # A held-back head (a stream of one or two bytes of a BOM) holds no field: dropped.
             if self._partial:
                 line = bytes(self._partial)
                 self._partial.clear()
