@@ -127,7 +127,9 @@ class Ref:
         return out or None
 
     def call(self, cid: str | None, name: str, arguments: Any) -> ToolCall:
-        args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        args = (
+            arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+        )
         return ToolCall(id=cid or "null", function=FunctionCall(name=name, arguments=args))
 
     def conversation_messages(self, body: dict[str, Any]) -> list[Any]:
@@ -143,18 +145,27 @@ class Ref:
                 messages.append(UserMessage(content=self.content(e["content"])))
             elif kind in ("message.input", "message.output"):
                 messages.append(
-                    AssistantMessage(content=self.content(e["content"]), prefix=e.get("prefix", False))
+                    AssistantMessage(
+                        content=self.content(e["content"]), prefix=e.get("prefix", False)
+                    )
                 )
             elif kind == "function.call":
                 messages.append(
-                    AssistantMessage(tool_calls=[self.call(e["tool_call_id"], e["name"], e["arguments"])])
+                    AssistantMessage(
+                        tool_calls=[self.call(e["tool_call_id"], e["name"], e["arguments"])]
+                    )
                 )
             elif kind == "function.result":
                 messages.append(ToolMessage(content=e["result"], tool_call_id=e["tool_call_id"]))
             elif kind == "tool.execution":
-                messages.append(AssistantMessage(tool_calls=[self.call(e["id"], e["name"], e["arguments"])]))
                 messages.append(
-                    ToolMessage(content=json.dumps(e.get("info") or {}, ensure_ascii=False), tool_call_id=e["id"])
+                    AssistantMessage(tool_calls=[self.call(e["id"], e["name"], e["arguments"])])
+                )
+                messages.append(
+                    ToolMessage(
+                        content=json.dumps(e.get("info") or {}, ensure_ascii=False),
+                        tool_call_id=e["id"],
+                    )
                 )
             elif kind == "agent.handoff":
                 strings = [v for v in e.values() if isinstance(v, str)]

@@ -155,7 +155,8 @@ class Estimator:
         self.correction = ModelCorrection()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._lock = threading.Lock()
-        self._failures_logged = False
+        #: Estimates that fell back to the body's byte length because reading it failed.
+        self.failures = 0
 
     @classmethod
     def from_config(cls, config: RatelimitConfig) -> Estimator:
@@ -179,8 +180,8 @@ class Estimator:
         try:
             return self._estimate(method, path, body, headers, exact)
         except Exception as exc:
-            if not self._failures_logged:
-                self._failures_logged = True
+            self.failures += 1
+            if self.failures == 1:
                 logger.warning(
                     "mistral_ratelimit: could not estimate a request body (%s); "
                     "reserving its byte length",
