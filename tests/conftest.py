@@ -17,9 +17,8 @@ from mistral_ratelimit.config import Limit, RatelimitConfig
 from mistral_ratelimit.limiter import Limiter, RateLimiter
 
 #: Backends every contract test runs against.
-#: Add "redis" here once mistral_ratelimit.redis.RedisRateLimiter lands, together with its
-#: builder in _BUILDERS (it should skip itself when no redis-server is available).
-LIMITER_BACKENDS = ["memory"]
+#: "redis" runs on a throw-away redis-server (tests/redis_server.py) and skips without one.
+LIMITER_BACKENDS = ["memory", "redis"]
 
 #: A start time far from zero, so slot keys and float sums look like a real monotonic clock.
 CLOCK_START = 10_000.0
@@ -83,9 +82,30 @@ def _build_memory(
     )
 
 
+def _build_redis(
+    config: RatelimitConfig,
+    limits: list[Limit] | None,
+    clock: Callable[[], float] | None,
+    max_concurrency: int | None,
+    window_margin: float,
+) -> Limiter:
+    from mistral_ratelimit.redis import RedisRateLimiter
+    from redis_server import fresh_key, shared_server
+
+    return RedisRateLimiter(
+        shared_server().url,
+        config=config,
+        key=fresh_key(),
+        limits=limits,
+        max_concurrency=max_concurrency,
+        window_margin=window_margin,
+        on_backend_error="fail",
+    )
+
+
 _BUILDERS: dict[str, Callable[..., Limiter]] = {
     "memory": _build_memory,
-    # "redis": _build_redis,  # RedisRateLimiter on a throw-away redis-server and key prefix
+    "redis": _build_redis,
 }
 
 

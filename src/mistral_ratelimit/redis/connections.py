@@ -1,0 +1,194 @@
+"""Redis clients for one limiter: a sync client, one async client per event loop, and the
+registered scripts on each. Rebuilt in a forked child, which must not share sockets.
+
+redis.asyncio connections belong to the loop that opened them, while a limiter may be used
+from several ``asyncio.run()`` calls, threads and trio; so async clients are made per loop,
+and where no asyncio loop runs (trio) the sync client is driven from a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import weakref
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript, Script
+
+from .scripts import script_sources
+
+#: Connection settings copied from a sync client to the async clients derived from it.
+_SHARED_KWARGS = (
+    "host",
+    "port",
+    "db",
+    "username",
+    "password",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "socket_keepalive_options",
+    "client_name",
+    "health_check_interval",
+    "encoding",
+    "encoding_errors",
+    "decode_responses",
+    "protocol",
+    "credential_provider",
+)
+_SSL_KWARGS = (
+    "ssl_keyfile",
+    "ssl_certfile",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_data",
+    "ssl_check_hostname",
+    "ssl_min_version",
+    "ssl_ciphers",
+)
+
+AnyClient = Any  # redis.Redis | redis.cluster.RedisCluster: redis-py's own types are loose
+
+
+class Connections:
+    def __init__(
+        self,
+        source: str | AnyClient,
+        async_client: AnyClient | None,
+        *,
+        socket_timeout: float,
+        connect_timeout: float,
+    ) -> None:
+        self._source = source
+        self._user_async = async_client
+        self._timeouts: dict[str, Any] = {
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": connect_timeout,
+        }
+        self._sources = script_sources()
+        self._build()
+
+    def _build(self) -> None:
+        self.pid = os.getpid()
+        self._owned_sync = False
+        source = self._source
+        if isinstance(source, str):
+            # No retries inside redis-py: a script whose reply was lost must not be sent again
+            # behind our back; the limiter's own policy decides (on_backend_error).
+            self.sync: AnyClient = redis.Redis.from_url(
+                source, retry=redis.retry.Retry(NoBackoff(), 0), **self._timeouts
+            )
+            self._owned_sync = True
+        elif isinstance(source, redis.asyncio.Redis):
+            self._user_async = self._user_async or source
+            self.sync = redis.Redis(**self._sync_kwargs_from(source))
+            self._owned_sync = True
+        else:
+            self.sync = source
+        self.scripts: dict[str, Script] = {
+            name: self.sync.register_script(text) for name, text in self._sources.items()
+        }
+        self._user_async_scripts: dict[str, AsyncScript] | None = None
+        self._per_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[AnyClient, dict[str, AsyncScript]]
+        ] = weakref.WeakKeyDictionary()
+
+    def check_fork(self) -> bool:
+        """Rebuild after ``fork()``; True when this process is a new child."""
+        if os.getpid() == self.pid:
+            return False
+        # The parent's sockets stay the parent's: drop them without closing them.
+        self._build()
+        return True
+
+    # -- async ------------------------------------------------------------------------------
+    def async_for_running_loop(self) -> tuple[AnyClient, dict[str, AsyncScript]] | None:
+        """The async client for the running asyncio loop, or None (trio, or no way to make one)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        if self._user_async is not None:
+            if self._user_async_scripts is None:
+                self._user_async_scripts = {
+                    name: self._user_async.register_script(text)
+                    for name, text in self._sources.items()
+                }
+            return self._user_async, self._user_async_scripts
+        found = self._per_loop.get(loop)
+        if found is None:
+            client = self._derive_async()
+            if client is None:
+                return None
+            scripts = {name: client.register_script(text) for name, text in self._sources.items()}
+            found = (client, scripts)
+            self._per_loop[loop] = found
+        return found
+
+    def _derive_async(self) -> AnyClient | None:
+        if isinstance(self._source, str):
+            return redis.asyncio.Redis.from_url(
+                self._source, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **self._timeouts
+            )
+        pool = getattr(self.sync, "connection_pool", None)
+        if pool is None:  # Redis Cluster: pass async_client=, else a worker thread is used
+            return None
+        kwargs = pool.connection_kwargs
+        out = {k: kwargs[k] for k in _SHARED_KWARGS if k in kwargs}
+        out["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
+        cls = pool.connection_class
+        if issubclass(cls, redis.connection.UnixDomainSocketConnection):
+            out.pop("host", None)
+            out.pop("port", None)
+            out["unix_socket_path"] = kwargs.get("path")
+        elif issubclass(cls, redis.connection.SSLConnection):
+            out["ssl"] = True
+            out.update({k: kwargs[k] for k in _SSL_KWARGS if k in kwargs})
+        elif not issubclass(cls, redis.connection.Connection):
+            return None
+        return redis.asyncio.Redis(**out)
+
+    @staticmethod
+    def _sync_kwargs_from(client: AnyClient) -> dict[str, Any]:
+        pool = client.connection_pool
+        kwargs = pool.connection_kwargs
+        out = {k: kwargs[k] for k in _SHARED_KWARGS if k in kwargs}
+        out["retry"] = redis.retry.Retry(NoBackoff(), 0)
+        cls = pool.connection_class
+        if issubclass(cls, redis.asyncio.connection.UnixDomainSocketConnection):
+            out.pop("host", None)
+            out.pop("port", None)
+            out["unix_socket_path"] = kwargs.get("path")
+        elif issubclass(cls, redis.asyncio.connection.SSLConnection):
+            out["ssl"] = True
+            out.update({k: kwargs[k] for k in _SSL_KWARGS if k in kwargs})
+        return out
+
+    # -- closing ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the clients this object made (never a client the caller passed in)."""
+        if self._owned_sync:
+            self.sync.close()
+        self._per_loop = weakref.WeakKeyDictionary()
+
+    async def aclose(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        found = self._per_loop.pop(loop, None)
+        if found is not None:
+            await found[0].aclose()
+
+    def describe(self) -> str:
+        """Where the backend lives, for error messages: host and port only, never credentials."""
+        pool = getattr(self.sync, "connection_pool", None)
+        kwargs = getattr(pool, "connection_kwargs", {}) if pool is not None else {}
+        if "path" in kwargs:
+            return f"unix:{kwargs['path']}"
+        if "host" in kwargs:
+            return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
+        return type(self.sync).__name__

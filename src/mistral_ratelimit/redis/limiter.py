@@ -1,0 +1,1048 @@
+"""The Redis-backed limiter: one budget shared by every process and host that names it.
+
+Same contract and same window arithmetic as the in-memory :class:`RateLimiter` (the Lua
+scripts port ``limiter/window.py``), so both backends admit the same traffic.
+
+Round trips: ``reserve`` is one script call, and its reply already says how long to wait,
+so the ``delay()`` that follows at once answers from that reply (an uncontended acquire is
+one round trip). A ``delay()`` after sleeping asks Redis again, to see a pause set by
+another worker and to read Redis's clock. ``settle`` is one round trip (none when the
+estimate was exact); ``release`` is one only when a concurrency cap is set.
+
+Each operation is written once, as a generator of steps (run a script, sleep); a sync and
+an async driver run the steps, so the failure policy cannot drift between the twins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import threading
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+import anyio
+import anyio.to_thread
+import redis
+import redis.exceptions
+
+from ..config import Limit, RatelimitConfig
+from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
+from ..limiter.base import LimiterStats, ObservedLimit, Reservation, State
+from ..limiter.memory import LONG_WINDOW_SECONDS, MAX_PAUSE_SECONDS, RateLimiter, clean_amount
+from .connections import AnyClient, Connections
+from .scripts import Keys, WindowSpec, namespace_for, window_args
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+BackendErrorMode = Literal["wait", "local", "fail"]
+
+#: A ``reserve`` reply answers the ``delay()`` that follows within this many seconds; later,
+#: ``delay()`` asks Redis again (a pause may have arrived since).
+HINT_SECONDS = 0.05
+#: Redis errors that mean "not reachable now" rather than "a bug in a script".
+_TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
+
+
+def _is_backend_error(exc: BaseException) -> bool:
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
+        return True
+    if isinstance(exc, redis.exceptions.NoScriptError):
+        return False
+    return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
+        _TRANSIENT_REPLIES
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# -- steps: what an operation asks its driver to do ---------------------------------------
+@dataclass(frozen=True)
+class _Eval:
+    script: str
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Command:
+    name: Literal["zrem", "hget"]
+    key: str
+    arg: str
+
+
+@dataclass(frozen=True)
+class _Sleep:
+    seconds: float
+
+
+_Step = _Eval | _Command | _Sleep
+_Op = Generator[_Step, Any, T]
+
+
+@dataclass(eq=False)
+class _Booking:
+    """What this process remembers about one reservation (kept beside it, weakly)."""
+
+    member: str
+    specs: tuple[WindowSpec, ...]
+    created_mono: float
+    epoch: str = ""
+    leased: bool = False  # holds a lease in the shared in-flight set
+    counted: bool = False  # the script already counted it as admitted
+    hint: float | None = None  # seconds to wait, per the last reply
+    hint_mono: float = 0.0
+    hint_gen: int = 0
+    failing_since: float | None = None
+    local: Reservation | None = None  # served by the in-memory fallback
+
+
+@dataclass
+class _Outage:
+    """What this process spent on its local fallback while Redis was away."""
+
+    since: float
+    tokens: float = 0.0
+    requests: float = 0.0
+    cause: str = ""
+
+
+_live: weakref.WeakSet[RedisRateLimiter] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for limiter in list(_live):
+        limiter._reset_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RedisRateLimiter:
+    """A limiter whose budget lives in Redis, shared by every worker using the same key.
+
+    ``url_or_client`` is a ``redis://`` / ``rediss://`` / ``unix://`` URL, a ``redis.Redis``
+    (or ``RedisCluster``) client, or a ``redis.asyncio.Redis`` client. Given a URL or a sync
+    client, an async client is derived per event loop from the same connection settings;
+    pass ``async_client=`` to use your own (it is then used as is, on whatever loop runs).
+
+    ``key`` names the shared budget; by default it is derived from a SHA-256 of the API key,
+    so every worker with the same key shares one budget. The API key is never stored.
+
+    ``on_backend_error`` says what happens while Redis cannot be reached:
+
+    * ``"wait"``: keep the request waiting and retry with backoff (up to
+      ``backend_timeout`` seconds, if set, then raise :class:`BackendUnavailable`);
+    * ``"local"``: fall back to an in-memory limiter holding ``local_share`` of every limit,
+      and go back to Redis when it answers again;
+    * ``"fail"``: raise :class:`BackendUnavailable` at once.
+
+    A request is never admitted without a reservation in Redis, unless ``"local"`` is set.
+    """
+
+    def __init__(
+        self,
+        url_or_client: str | AnyClient = "redis://127.0.0.1:6379/0",
+        *,
+        config: RatelimitConfig | None = None,
+        key: str | None = None,
+        prefix: str = "mrl",
+        limits: Iterable[Limit] | None = None,
+        max_concurrency: int | None = None,
+        window_margin: float | None = None,
+        on_backend_error: BackendErrorMode = "wait",
+        local_share: float = 1.0,
+        backend_timeout: float | None = None,
+        lease_seconds: float = 30.0,
+        queue_poll: float = 0.02,
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 1.0,
+        probe_interval: float = 1.0,
+        async_client: AnyClient | None = None,
+    ) -> None:
+        if on_backend_error not in ("wait", "local", "fail"):
+            raise ValueError(
+                f"on_backend_error must be 'wait', 'local' or 'fail', got {on_backend_error!r}"
+            )
+        if not (isinstance(local_share, (int, float)) and 0 < local_share <= 1):
+            raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
+        for name, value in (
+            ("lease_seconds", lease_seconds),
+            ("queue_poll", queue_poll),
+            ("socket_timeout", socket_timeout),
+            ("connect_timeout", connect_timeout),
+            ("probe_interval", probe_interval),
+        ):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        cfg = config if config is not None else RatelimitConfig.from_env()
+        self._config = cfg
+        pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
+        self._limits = [lim for lim, _ in pairs]
+        self._explicit = [explicit for _, explicit in pairs]
+        self._specs = tuple(WindowSpec.of(lim) for lim in self._limits)
+        self._margin = cfg.window_margin if window_margin is None else window_margin
+        self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
+        self._mode: BackendErrorMode = on_backend_error
+        self._share = float(local_share)
+        self._backend_timeout = backend_timeout
+        self._lease = float(lease_seconds)
+        self._queue_lease = max(5.0, 20 * queue_poll)
+        self._poll = float(queue_poll)
+        self._probe = float(probe_interval)
+        self.namespace = namespace_for(cfg.api_key, key)
+        self._keys = Keys.for_namespace(prefix, self.namespace)
+        self._all_keys = self._keys.all()
+        self._conns = Connections(
+            url_or_client,
+            async_client,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
+        self._after_seconds = 2.0
+        self._init_process_state()
+        _live.add(self)
+
+    def _init_process_state(self) -> None:
+        self._lock = threading.Lock()
+        self._proc = f"{secrets.token_hex(4)}-{os.getpid()}"
+        self._bookings: weakref.WeakKeyDictionary[Reservation, _Booking] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._held: set[str] = set()
+        self._inflight_local = 0
+        self._queued_local = 0
+        self._s: dict[str, float] = defaultdict(float)
+        # Redis's clock minus ours, learnt from every reply; until the first reply both are
+        # Unix time, which is what Redis TIME returns.
+        self._offset = time.time() - time.monotonic()
+        self._pause_gen = 0
+        self._dv = "0"
+        self._down_until = 0.0
+        self._outage: _Outage | None = None
+        self._fallback: RateLimiter | None = None
+        self._heartbeat: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def _reset_after_fork(self) -> None:
+        # A child shares the budget, never the parent's sockets, locks, leases or threads.
+        self._conns.check_fork()
+        self._init_process_state()
+
+    # -- introspection ----------------------------------------------------------------------
+    def now(self) -> float:
+        """Redis's clock (as learnt from the last reply), in seconds."""
+        return time.monotonic() + self._offset
+
+    @property
+    def limits(self) -> tuple[Limit, ...]:
+        return tuple(self._limits)
+
+    @property
+    def backend_error_mode(self) -> BackendErrorMode:
+        return self._mode
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{lim.amount:g} {lim.unit}/{lim.per_seconds:g}s" for lim in self._limits)
+        return (
+            f"RedisRateLimiter({inner}, key={self.namespace!r}, "
+            f"max_concurrency={self._max_inflight}, on_backend_error={self._mode!r})"
+        )
+
+    def _learn_clock(self, redis_now: float) -> None:
+        self._offset = redis_now - time.monotonic()
+
+    def _check_fits(self, res: Reservation) -> None:
+        for lim in self._limits:
+            cost = res.requests if lim.unit == "requests" else res.tokens
+            if cost > lim.amount:
+                raise RequestTooLarge(cost, lim.amount, lim.per_seconds, lim.unit)
+
+    # -- failure policy ---------------------------------------------------------------------
+    def _unavailable(self, exc: BaseException) -> BackendUnavailable:
+        return BackendUnavailable(
+            f"the Redis backend at {self._conns.describe()} cannot be reached "
+            f"({type(exc).__name__}: {exc}); on_backend_error={self._mode!r}"
+        )
+
+    def _on_backend_error(self, exc: BaseException, since: float, attempt: int) -> float | None:
+        """Seconds to back off before trying again, or None to use the local fallback."""
+        if not _is_backend_error(exc):
+            raise exc
+        if self._mode == "fail":
+            raise self._unavailable(exc) from exc
+        if self._mode == "local":
+            self._go_down(exc)
+            return None
+        if self._backend_timeout is not None and time.monotonic() - since > self._backend_timeout:
+            raise self._unavailable(exc) from exc
+        if attempt == 0:
+            log.warning(
+                "Redis backend unreachable (%s); holding requests until it is back",
+                type(exc).__name__,
+            )
+        return min(2.0, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+
+    def _go_down(self, exc: BaseException) -> None:
+        with self._lock:
+            self._down_until = time.monotonic() + self._probe
+            if self._outage is None:
+                self._outage = _Outage(time.monotonic(), cause=type(exc).__name__)
+                log.warning(
+                    "Redis backend unreachable (%s); using this process's local share "
+                    "(%g) until it is back",
+                    type(exc).__name__,
+                    self._share,
+                )
+
+    def _is_down(self) -> bool:
+        return self._outage is not None and time.monotonic() < self._down_until
+
+    def _recovery_steps(self) -> _Op[None]:
+        """Back from a local fallback: charge what this process spent meanwhile, then go on."""
+        outage = self._outage
+        if outage is None:
+            return
+        amounts = []
+        for lim in self._limits:
+            spent = outage.tokens if lim.unit == "tokens" else outage.requests
+            # The fallback never let more than its share through within one window.
+            amounts.append(repr(min(spent, lim.amount * self._share)))
+        yield _Eval("charge", (repr(self._margin), *window_args(self._specs), *amounts))
+        with self._lock:
+            if self._outage is outage:
+                self._outage = None
+        log.warning(
+            "Redis backend is back after %.1f s; this process rejoins the shared budget",
+            time.monotonic() - outage.since,
+        )
+
+    def _fallback_limiter(self) -> RateLimiter:
+        with self._lock:
+            if self._fallback is None:
+                share = self._share
+                scaled = []
+                for lim in self._limits:
+                    amount = lim.amount * share
+                    if lim.unit == "requests" and amount < 1:
+                        # Keep whole requests: one every per / amount seconds.
+                        scaled.append(Limit(1, lim.per_seconds / amount, "requests"))
+                    else:
+                        scaled.append(Limit(amount, lim.per_seconds, lim.unit))
+                cap = self._max_inflight
+                self._fallback = RateLimiter(
+                    self._config,
+                    limits=scaled,
+                    window_margin=self._margin,
+                    max_concurrency=None if cap is None else max(1, math.floor(cap * share)),
+                )
+            return self._fallback
+
+    def _serve_locally(self, res: Reservation, b: _Booking) -> Reservation:
+        fb = self._fallback_limiter()
+        inner = fb.reserve(res.tokens, res.requests)
+        with self._lock:
+            b.local = inner
+            b.hint = None
+            if self._outage is not None:
+                self._outage.tokens += res.tokens
+                self._outage.requests += res.requests
+            if b.leased:
+                self._held.discard(b.member)  # its Redis lease lapses on its own
+                b.leased = False
+        res.tag = "local"
+        self._mirror_local(res, inner, fb)
+        return res
+
+    def _mirror_local(self, res: Reservation, inner: Reservation, fb: RateLimiter) -> None:
+        res.state = inner.state
+        if inner.state is not State.QUEUED:
+            res.at = inner.at + (self.now() - fb.now())  # on this limiter's clock
+
+    # -- drivers ----------------------------------------------------------------------------
+    def _run(self, op: _Op[T]) -> T:
+        if self._conns.pid != os.getpid():
+            self._reset_after_fork()
+        try:
+            step = next(op)
+            while True:
+                if isinstance(step, _Sleep):
+                    time.sleep(step.seconds)
+                    step = op.send(None)
+                    continue
+                try:
+                    reply = self._call_sync(step)
+                except Exception as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            op.close()
+
+    def _call_sync(self, step: _Eval | _Command) -> Any:
+        if isinstance(step, _Eval):
+            return self._conns.scripts[step.script](keys=self._all_keys, args=step.args)
+        if step.name == "zrem":
+            return self._conns.sync.zrem(step.key, step.arg)
+        return self._conns.sync.hget(step.key, step.arg)
+
+    async def _arun(self, op: _Op[T]) -> T:
+        if self._conns.pid != os.getpid():
+            self._reset_after_fork()
+        try:
+            step = next(op)
+            while True:
+                if isinstance(step, _Sleep):
+                    await anyio.sleep(step.seconds)
+                    step = op.send(None)
+                    continue
+                try:
+                    reply = await self._call_async(step)
+                except Exception as exc:
+                    step = op.throw(exc)
+                else:
+                    step = op.send(reply)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        finally:
+            op.close()
+
+    async def _call_async(self, step: _Eval | _Command) -> Any:
+        found = self._conns.async_for_running_loop()
+        if found is None:  # trio, or a client we cannot derive an async twin from
+            return await anyio.to_thread.run_sync(self._call_sync, step)
+        client, scripts = found
+        if isinstance(step, _Eval):
+            return await scripts[step.script](keys=self._all_keys, args=step.args)
+        if step.name == "zrem":
+            return await client.zrem(step.key, step.arg)
+        return await client.hget(step.key, step.arg)
+
+    def _after(self, step: _Eval | _Command) -> _Op[Any]:
+        """Bookkeeping after the fact (cancel, settle, release, pause, adopt): retried for a
+        short while, then logged and dropped. Never raises a backend error: these calls sit
+        in ``finally`` blocks, where raising would hide the real exception."""
+        if self._mode == "local" and self._is_down():
+            return None
+        deadline = time.monotonic() + self._after_seconds
+        attempt = 0
+        while True:
+            try:
+                return (yield step)
+            except Exception as exc:
+                if not _is_backend_error(exc):
+                    raise
+                if self._mode == "local":
+                    self._go_down(exc)
+                if self._mode != "wait" or time.monotonic() > deadline:
+                    log.warning(
+                        "Redis backend unreachable (%s): %s not recorded",
+                        type(exc).__name__,
+                        getattr(step, "script", "release"),
+                    )
+                    return None
+                yield _Sleep(min(0.5, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0))
+                attempt += 1
+
+    # -- reserve ----------------------------------------------------------------------------
+    def _reserve_args(self, res: Reservation, b: _Booking) -> tuple[str, ...]:
+        return (
+            b.member,
+            repr(res.tokens),
+            repr(res.requests),
+            repr(self._margin),
+            str(self._max_inflight or 0),
+            repr(self._lease),
+            repr(self._queue_lease),
+            *window_args(b.specs),
+        )
+
+    def _reserve_op(self, tokens: float, requests: float) -> _Op[Reservation]:
+        res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
+        self._check_fits(res)
+        res.created_at = self.now()
+        b = _Booking(f"{self._proc}:{res.id}", self._specs, time.monotonic())
+        res.tag = b.member
+        with self._lock:
+            self._bookings[res] = b
+            self._s["tokens_reserved"] += res.tokens
+        since, attempt = time.monotonic(), 0
+        while True:
+            if self._mode == "local" and self._is_down():
+                return self._serve_locally(res, b)
+            try:
+                if self._outage is not None:
+                    yield from self._recovery_steps()
+                reply = yield _Eval("reserve", self._reserve_args(res, b))
+            except Exception as exc:
+                wait = self._on_backend_error(exc, since, attempt)
+                if wait is None:
+                    return self._serve_locally(res, b)
+                yield _Sleep(wait)
+                attempt += 1
+                continue
+            yield from self._apply_booking(res, b, reply, new=True)
+            return res
+
+    def _apply_booking(
+        self, res: Reservation, b: _Booking, reply: list[Any], *, new: bool
+    ) -> _Op[None]:
+        status = _text(reply[0])
+        at, now = float(reply[1]), float(reply[2])
+        self._learn_clock(now)
+        b.epoch = _text(reply[3])
+        dv = _text(reply[4])
+        if status == "exhausted":
+            spec = b.specs[int(float(reply[5])) - 1]
+            with self._lock:
+                if res.state is State.QUEUED:
+                    self._queued_local -= 1
+                res.state = State.CANCELLED
+                res.settled = True
+                self._s["tokens_reserved"] -= res.tokens
+            unit = "tokens" if spec.tokens else "requests"
+            raise BudgetExhausted(
+                f"the {spec.amount:g} {unit} per {spec.per_seconds:g} s budget is spent; "
+                f"it frees up in {at - now:.0f} s"
+            )
+        with self._lock:
+            if status == "queued":
+                if res.state is not State.QUEUED or new:
+                    self._queued_local += 1
+                res.state = State.QUEUED
+                b.hint = None
+            else:
+                if res.state is State.QUEUED and not new:
+                    self._queued_local -= 1
+                res.at = at
+                res.slots = {i: int(float(k)) for i, k in enumerate(reply[5 : 5 + len(b.specs)])}
+                res.state = State.SCHEDULED
+                if not res.holds_inflight and not res.released:
+                    res.holds_inflight = True
+                    self._inflight_local += 1
+                if status == "ok" and self._max_inflight and not b.leased:
+                    b.leased = True
+                    self._held.add(b.member)
+                b.counted = at <= now
+                b.hint, b.hint_mono, b.hint_gen = at - now, time.monotonic(), self._pause_gen
+        if b.leased:
+            self._ensure_heartbeat()
+        if dv != self._dv:
+            raw = yield _Command("hget", self._keys.state, "disc")
+            self._apply_shared_discovery(raw, dv)
+
+    def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+        """Book capacity at once, all or nothing across every limit (one round trip)."""
+        return self._run(self._reserve_op(tokens, requests))
+
+    async def areserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+        return await self._arun(self._reserve_op(tokens, requests))
+
+    # -- delay ------------------------------------------------------------------------------
+    def _grant(self, res: Reservation, b: _Booking) -> float:
+        with self._lock:
+            if res.state is State.SCHEDULED:
+                res.state = State.GRANTED
+                waited = time.monotonic() - b.created_mono
+                self._s["requests_admitted"] += 1
+                self._s["wait_seconds_total"] += waited
+                self._s["wait_seconds_max"] = max(self._s["wait_seconds_max"], waited)
+        return 0.0
+
+    def _local_delay(self, res: Reservation, b: _Booking) -> float:
+        assert b.local is not None
+        fb = self._fallback_limiter()
+        wait = fb.delay(b.local)
+        self._mirror_local(res, b.local, fb)
+        if wait > 0:
+            return wait
+        res.state = State.SCHEDULED
+        return self._grant(res, b)
+
+    def _check_args(self, res: Reservation, b: _Booking) -> tuple[str, ...]:
+        queued = res.state is State.QUEUED
+        maxif = self._max_inflight or 0
+        return (
+            b.member,
+            "q" if queued else "s",
+            repr(res.tokens),
+            repr(res.requests),
+            repr(self._margin),
+            str(maxif if queued or b.leased else 0),
+            repr(self._lease),
+            repr(self._queue_lease),
+            repr(res.at),
+            b.epoch,
+            "1" if b.counted else "0",
+            *window_args(b.specs),
+            *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
+        )
+
+    def _delay_op(self, res: Reservation) -> _Op[float]:
+        if res.state is State.CANCELLED:
+            raise BudgetExhausted("this reservation was cancelled; take a new one")
+        b = self._bookings.get(res)
+        if b is None:
+            raise ValueError("this reservation was not made by this limiter")
+        if b.local is not None:
+            return self._local_delay(res, b)
+        if res.state is State.GRANTED:
+            return 0.0
+        if res.state is State.QUEUED:
+            # Not booked yet: it books in the windows in force now (discovery may have
+            # replaced them), and must still fit them.
+            b.specs = self._specs
+            try:
+                self._check_fits(res)
+            except RequestTooLarge:
+                yield from self._cancel_op(res)
+                raise
+        if res.state is State.SCHEDULED and b.hint is not None:
+            hint, b.hint = b.hint, None
+            elapsed = time.monotonic() - b.hint_mono
+            if elapsed < HINT_SECONDS and b.hint_gen == self._pause_gen:
+                if hint - elapsed > 0:
+                    return hint - elapsed
+                if b.counted:
+                    return self._grant(res, b)
+        try:
+            if self._outage is not None and not self._is_down():
+                yield from self._recovery_steps()
+            reply = yield _Eval("check", self._check_args(res, b))
+        except Exception as exc:
+            if b.failing_since is None:
+                b.failing_since = time.monotonic()
+            attempt = int(time.monotonic() - b.failing_since) + 1
+            wait = self._on_backend_error(exc, b.failing_since, attempt)
+            if wait is None:
+                self._serve_locally(res, b)
+                return self._local_delay(res, b)
+            return wait  # the caller sleeps it and asks again, still holding the request
+        b.failing_since = None
+        status = _text(reply[0])
+        if status == "queued":
+            self._learn_clock(float(reply[2]))
+            return self._poll
+        if status == "ok" and res.state is State.SCHEDULED:
+            at, now = float(reply[1]), float(reply[2])
+            self._learn_clock(now)
+            if at > now:
+                return at - now
+            b.counted = True
+            return self._grant(res, b)
+        yield from self._apply_booking(res, b, reply, new=False)  # promoted, moved, exhausted
+        b.hint = None
+        wait = res.at - float(reply[2])
+        if wait > 0:
+            return wait
+        return self._grant(res, b)
+
+    def delay(self, res: Reservation) -> float:
+        """Seconds the caller must still wait, on Redis's clock; ``0`` means go now."""
+        return self._run(self._delay_op(res))
+
+    async def adelay(self, res: Reservation) -> float:
+        return await self._arun(self._delay_op(res))
+
+    # -- cancel / settle / release ----------------------------------------------------------
+    def _cancel_op(self, res: Reservation) -> _Op[None]:
+        b = self._bookings.get(res)
+        with self._lock:
+            if res.state is State.CANCELLED:
+                return
+            prior, was_settled = res.state, res.settled
+            res.state = State.CANCELLED
+            res.settled = True
+            self._s["requests_cancelled"] += 1
+            if prior is State.QUEUED:
+                self._queued_local -= 1
+            if not was_settled:
+                self._s["tokens_reserved"] -= res.tokens
+            leased = self._release_locked(res, b)
+        if b is None:
+            return
+        if b.local is not None:
+            self._fallback_limiter().cancel(b.local)
+            return
+        mode = "q" if prior is State.QUEUED else "s"
+        yield from self._after(
+            _Eval(
+                "cancel",
+                (
+                    b.member,
+                    mode,
+                    repr(res.tokens),
+                    repr(res.requests),
+                    repr(self._margin),
+                    b.epoch,
+                    "1" if leased else "0",
+                    "0" if was_settled else "1",
+                    repr(res.at),
+                    *window_args(b.specs),
+                    *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
+                ),
+            )
+        )
+
+    def cancel(self, res: Reservation) -> None:
+        """Give back everything the reservation took. Safe to call more than once."""
+        self._run(self._cancel_op(res))
+
+    async def acancel(self, res: Reservation) -> None:
+        await self._arun(self._cancel_op(res))
+
+    def _settle_op(self, res: Reservation, actual_tokens: float) -> _Op[None]:
+        try:
+            actual = clean_amount(actual_tokens, "actual_tokens")
+        except ValueError:
+            return  # a broken usage report keeps the estimate charged
+        b = self._bookings.get(res)
+        with self._lock:
+            if res.settled or res.state in (State.CANCELLED, State.QUEUED) or b is None:
+                return
+            res.settled = True
+            diff = actual - res.tokens
+            if diff == 0:
+                return
+            res.tokens = actual
+            if diff > 0:
+                self._s["tokens_charged"] += diff
+            else:
+                self._s["tokens_refunded"] -= diff
+        if b.local is not None:
+            self._fallback_limiter().settle(b.local, actual)
+            if diff > 0 and self._outage is not None:
+                self._outage.tokens += diff
+            return
+        reply = yield from self._after(
+            _Eval(
+                "settle",
+                (
+                    b.member,
+                    repr(diff),
+                    repr(self._margin),
+                    b.epoch,
+                    *window_args(b.specs),
+                    *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
+                ),
+            )
+        )
+        if reply is None and diff > 0:
+            with self._lock:  # debt Redis did not hear about: charge it when Redis is back
+                if self._outage is not None:
+                    self._outage.tokens += diff
+
+    def settle(self, res: Reservation, actual_tokens: float) -> None:
+        """Correct the token charge to what the server reported. Only the first call counts."""
+        self._run(self._settle_op(res, actual_tokens))
+
+    async def asettle(self, res: Reservation, actual_tokens: float) -> None:
+        await self._arun(self._settle_op(res, actual_tokens))
+
+    def _release_locked(self, res: Reservation, b: _Booking | None) -> bool:
+        """Mark released; True when a shared lease must be given back."""
+        if res.released:
+            return False
+        res.released = True
+        if res.holds_inflight:
+            res.holds_inflight = False
+            self._inflight_local -= 1
+        if b is not None and b.leased:
+            b.leased = False
+            self._held.discard(b.member)
+            return True
+        return False
+
+    def _release_op(self, res: Reservation) -> _Op[None]:
+        b = self._bookings.get(res)
+        with self._lock:
+            leased = self._release_locked(res, b)
+        if b is not None and b.local is not None:
+            self._fallback_limiter().release(b.local)
+        elif leased and b is not None:
+            yield from self._after(_Command("zrem", self._keys.inflight, b.member))
+
+    def release(self, res: Reservation) -> None:
+        """Free the in-flight slot (the response was closed)."""
+        self._run(self._release_op(res))
+
+    async def arelease(self, res: Reservation) -> None:
+        await self._arun(self._release_op(res))
+
+    # -- signals from the server ------------------------------------------------------------
+    def _pause_op(self, seconds: float, rate_limited: bool) -> _Op[None]:
+        s = seconds if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
+        s = min(max(0.0, float(s)), MAX_PAUSE_SECONDS)
+        with self._lock:
+            self._pause_gen += 1  # bookings answered before this pause must ask again
+            if rate_limited:
+                self._s["rate_limited_seen"] += 1
+            self._s["paused_until"] = max(self._s["paused_until"], self.now() + s)
+        if self._fallback is not None or self._outage is not None:
+            self._fallback_limiter().pause_for(s, rate_limited=rate_limited)
+        reply = yield from self._after(_Eval("pause", (repr(s), "1" if rate_limited else "0")))
+        if reply is not None:
+            self._learn_clock(float(reply[1]))
+
+    def pause_for(self, seconds: float, *, rate_limited: bool = True) -> None:
+        """Hold every worker sharing this budget back for ``seconds`` (clamped to [0, 1 h])."""
+        self._run(self._pause_op(seconds, rate_limited))
+
+    async def apause_for(self, seconds: float, *, rate_limited: bool = True) -> None:
+        await self._arun(self._pause_op(seconds, rate_limited))
+
+    def pause_until(self, t: float) -> None:
+        """Hold every worker back until ``t`` on this limiter's clock (see :meth:`now`)."""
+        self.pause_for(t - self.now(), rate_limited=False)
+
+    async def apause_until(self, t: float) -> None:
+        await self.apause_for(t - self.now(), rate_limited=False)
+
+    def _discover(self, observed: list[ObservedLimit]) -> tuple[list[WindowSpec], str]:
+        """Replace tier defaults by the limits the server reports (as memory.py does).
+        Returns the windows dropped and the reported limits to share with other workers."""
+        dropped: list[WindowSpec] = []
+        shared: list[list[Any]] = []
+        with self._lock:
+            for unit in ("requests", "tokens"):
+                reported = [
+                    o
+                    for o in observed
+                    if o.unit == unit
+                    and o.limit
+                    and o.limit > 0
+                    and math.isfinite(o.limit)
+                    and o.per_seconds < LONG_WINDOW_SECONDS
+                ]
+                if not reported:
+                    continue
+                shared.extend([unit, o.limit, o.per_seconds] for o in reported)
+                mine = [i for i, lim in enumerate(self._limits) if lim.unit == unit]
+                if any(self._explicit[i] for i in mine):
+                    continue
+                dropped.extend(self._specs[i] for i in mine)
+                keep = [i for i in range(len(self._limits)) if i not in mine]
+                self._limits = [self._limits[i] for i in keep]
+                self._explicit = [self._explicit[i] for i in keep]
+                for o in reported:
+                    assert o.limit is not None
+                    self._limits.append(Limit(o.limit, o.per_seconds, unit))
+                    self._explicit.append(True)
+            if dropped:
+                self._specs = tuple(WindowSpec.of(lim) for lim in self._limits)
+                self._fallback = None
+            new_ids = {s.id for s in self._specs}
+            dropped = [s for s in dropped if s.id not in new_ids]
+        return dropped, json.dumps(sorted(shared)) if shared else ""
+
+    def _apply_shared_discovery(self, raw: Any, dv: str) -> None:
+        """Limits another worker learnt from the server's headers."""
+        self._dv = dv
+        if not raw:
+            return
+        try:
+            observed = [
+                ObservedLimit("tokens" if u == "tokens" else "requests", float(p), float(a), None)
+                for u, a, p in json.loads(_text(raw))
+                if u in ("tokens", "requests")
+            ]
+        except (ValueError, TypeError):
+            return
+        self._discover(observed)
+
+    def _adopt_op(self, observed: list[ObservedLimit]) -> _Op[None]:
+        dropped, shared = self._discover(observed)
+        obs_args: list[str] = []
+        count = 0
+        for o in observed:
+            if o.remaining is None or not math.isfinite(o.remaining) or o.remaining < 0:
+                continue
+            obs_args.extend(
+                (
+                    "1" if o.unit == "tokens" else "0",
+                    repr(float(o.per_seconds)),
+                    repr(float(o.remaining)),
+                )
+            )
+            count += 1
+        if not count and not dropped and not shared:
+            return
+        reply = yield from self._after(
+            _Eval(
+                "adopt",
+                (
+                    repr(self._margin),
+                    *window_args(self._specs),
+                    *window_args(tuple(dropped)),
+                    str(count),
+                    *obs_args,
+                    shared,
+                ),
+            )
+        )
+        if reply is not None:
+            self._dv = _text(reply[0])
+            self._learn_clock(float(reply[1]))
+
+    def adopt(self, observed: list[ObservedLimit]) -> None:
+        """Take the server's view, for every worker: discover tier limits, and never believe
+        in more room than the server says remains."""
+        self._run(self._adopt_op(observed))
+
+    async def aadopt(self, observed: list[ObservedLimit]) -> None:
+        await self._arun(self._adopt_op(observed))
+
+    def record_estimate(self, estimated: float, actual: float) -> None:
+        if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):
+            return
+        err = (estimated - actual) / actual
+        with self._lock:
+            self._s["estimate_samples"] += 1
+            self._s["estimate_error_sum"] += err
+            self._s["estimate_error_abs_sum"] += abs(err)
+
+    # -- stats ------------------------------------------------------------------------------
+    def local_stats(self) -> LimiterStats:
+        """What this process alone did (``in_flight`` and ``queued`` are this process's)."""
+        with self._lock:
+            s = self._s
+            n = s["estimate_samples"]
+            return LimiterStats(
+                requests_admitted=int(s["requests_admitted"]),
+                requests_cancelled=int(s["requests_cancelled"]),
+                wait_seconds_total=s["wait_seconds_total"],
+                wait_seconds_max=s["wait_seconds_max"],
+                tokens_reserved=s["tokens_reserved"],
+                tokens_refunded=s["tokens_refunded"],
+                tokens_charged=s["tokens_charged"],
+                in_flight=self._inflight_local,
+                queued=self._queued_local,
+                paused_until=max(0.0, s["paused_until"]),
+                rate_limited_seen=int(s["rate_limited_seen"]),
+                estimate_samples=int(n),
+                estimate_error_mean=s["estimate_error_sum"] / n if n else 0.0,
+                estimate_error_abs_mean=s["estimate_error_abs_sum"] / n if n else 0.0,
+                limits=self.limits,
+            )
+
+    def _merge_stats(self, reply: list[Any]) -> LimiterStats:
+        local = self.local_stats()
+        self._learn_clock(float(reply[0]))
+        flat = [_text(x) for x in reply[4:]]
+        g = {flat[i]: float(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+        capped = self._max_inflight is not None
+        return LimiterStats(
+            requests_admitted=round(g.get("requests_admitted", 0.0)),
+            requests_cancelled=round(g.get("requests_cancelled", 0.0)),
+            wait_seconds_total=local.wait_seconds_total,
+            wait_seconds_max=local.wait_seconds_max,
+            tokens_reserved=g.get("tokens_reserved", 0.0),
+            tokens_refunded=g.get("tokens_refunded", 0.0),
+            tokens_charged=g.get("tokens_charged", 0.0),
+            # Without a cap nothing in Redis tracks in-flight requests (that would cost a
+            # round trip per release): this process's count is reported.
+            in_flight=int(_text(reply[2])) if capped else local.in_flight,
+            queued=int(_text(reply[3])) if capped else local.queued,
+            paused_until=float(reply[1]),
+            rate_limited_seen=round(g.get("rate_limited_seen", 0.0)),
+            estimate_samples=local.estimate_samples,
+            estimate_error_mean=local.estimate_error_mean,
+            estimate_error_abs_mean=local.estimate_error_abs_mean,
+            limits=local.limits,
+        )
+
+    def _stats_op(self) -> _Op[LimiterStats]:
+        try:
+            reply = yield _Eval("stats", ())
+        except Exception as exc:
+            if not _is_backend_error(exc):
+                raise
+            log.debug(
+                "stats: Redis unreachable (%s); this process's numbers only", type(exc).__name__
+            )
+            return self.local_stats()
+        return self._merge_stats(reply)
+
+    def stats(self) -> LimiterStats:
+        """The shared budget's counters from Redis, with this process's wait and estimate
+        figures (see :meth:`local_stats` for this process alone)."""
+        return self._run(self._stats_op())
+
+    async def astats(self) -> LimiterStats:
+        return await self._arun(self._stats_op())
+
+    # -- leases -----------------------------------------------------------------------------
+    def _ensure_heartbeat(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.is_alive():
+            return
+        with self._lock:
+            if self._heartbeat is not None and self._heartbeat.is_alive():
+                return
+            ref = weakref.ref(self)
+            closed = self._closed
+            period = self._lease / 3
+            thread = threading.Thread(
+                target=_heartbeat,
+                args=(ref, closed, period),
+                name="mistral-ratelimit-leases",
+                daemon=True,
+            )
+            self._heartbeat = thread
+            thread.start()
+
+    def _renew_leases(self) -> None:
+        with self._lock:
+            members = list(self._held)
+        if not members or self._conns.pid != os.getpid():
+            return
+        try:
+            for i in range(0, len(members), 500):
+                self._conns.scripts["renew"](
+                    keys=self._all_keys, args=(repr(self._lease), *members[i : i + 500])
+                )
+        except Exception as exc:  # the next beat tries again; leases outlive a few misses
+            log.debug("lease renewal failed: %s", type(exc).__name__)
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the lease heartbeat and close the clients this limiter made."""
+        self._closed.set()
+        self._conns.close()
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await self._conns.aclose()
+        self._conns.close()
+
+    def __enter__(self) -> RedisRateLimiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _heartbeat(ref: weakref.ref[RedisRateLimiter], closed: threading.Event, period: float) -> None:
+    """Renew this process's in-flight leases until the limiter is closed or collected.
+    A process that dies stops renewing, so its slots come back within one lease."""
+    while not closed.wait(period):
+        limiter = ref()
+        if limiter is None:
+            return
+        limiter._renew_leases()
+        del limiter
+
+
+__all__ = ["BackendErrorMode", "RedisRateLimiter"]

@@ -1,0 +1,40 @@
+-- check (the delay round trip): ARGV member, mode ('q' queued | 's' scheduled), tokens,
+-- requests, margin, max_inflight, lease_s, queue_lease_s, at, epoch, counted ('1' when the
+-- admission was already counted), n, then n windows, then n slots.
+load_state()
+local member, mode = ARGV[1], ARGV[2]
+local tokens, requests = tonumber(ARGV[3]), tonumber(ARGV[4])
+local maxif, lease, qlease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local n = tonumber(ARGV[12])
+local ws = parse_windows(13, n, tonumber(ARGV[5]))
+if mode == 'q' then
+  trim_leases()
+  queue_up(member, qlease)
+  local free = maxif - redis.call('ZCARD', KEYS[3])
+  if free > 0 and redis.call('ZRANK', KEYS[4], member) < free then
+    redis.call('ZREM', KEYS[4], member)
+    redis.call('ZREM', KEYS[5], member)
+    return book_and_reply(ws, member, tokens, requests, maxif, lease, 'ok', true)
+  end
+  save(ws)
+  return {'queued', '0', fmt(S.now), S.epoch, S.dv}
+end
+local at = tonumber(ARGV[9])
+local lost = ARGV[10] ~= S.epoch
+if lost or S.pause > at then
+  -- A pause (a 429 somewhere) arrived after this booking, or Redis lost its state: book
+  -- again behind it, or the request would count at a time the server's window was full.
+  if not lost then
+    local slots = {}
+    for i = 1, n do slots[i] = tonumber(ARGV[12 + 4 * n + i]) end
+    unbook(ws, slots, tokens, requests)
+  end
+  local relisted = 0
+  if lost then relisted = maxif end
+  -- Counted as admitted when it was booked for "now"; it is not any more.
+  if ARGV[11] == '1' and not lost then stat('requests_admitted', -1) end
+  return book_and_reply(ws, member, tokens, requests, relisted, lease, 'moved', lost)
+end
+if at <= S.now and ARGV[11] ~= '1' then stat('requests_admitted', 1) end
+redis.call('HSET', KEYS[1], 'now', fmt(S.now))
+return {'ok', fmt(at), fmt(S.now), S.epoch, S.dv}

@@ -1,0 +1,268 @@
+-- Shared by every script of the Redis backend; each script is this file plus its own body.
+--
+-- The window algorithm is the in-memory one (limiter/window.py), ported as is so both
+-- backends admit the same traffic: a window of W seconds is cut into SLOTS slots of width
+-- d = W / SLOTS; a charge at t sits in slot floor(t / d) and counts until
+-- (slot + 1) * d + W + margin. A ring is stored as one msgpack array
+-- {slot1, amount1, slot2, amount2, ...} sorted by slot, in field "w:<window id>" of the
+-- state hash: constant size per limit.
+--
+-- KEYS[1] state hash   now, tail, pause, epoch, offset, dv, disc, ticket, w:<id>...
+-- KEYS[2] stats hash   global counters
+-- KEYS[3] zset         in-flight leases: member -> lease expiry
+-- KEYS[4] zset         concurrency queue: member -> arrival ticket
+-- KEYS[5] zset         queue leases: member -> expiry (a dead waiter drops out)
+-- KEYS[6] zset         settled members: member -> expiry (settle/cancel run at most once)
+--
+-- Numbers go back to the client as strings: Redis truncates Lua numbers to integers.
+
+local SLOTS = 100
+local LONG_WINDOW = 86400
+local LONG_WAIT = 60
+local SLACK_MS = 60000
+local DONE_TTL = 120
+
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+
+local function fmt(x) return string.format('%.17g', x) end
+
+local S = {}
+
+-- Redis TIME, plus the optional test offset, never behind the last time any script saw.
+local function load_state()
+  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'offset', 'dv')
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(v[5]) or 0)
+  local last = tonumber(v[1]) or 0
+  if now < last then now = last end
+  S.now = now
+  S.tail = tonumber(v[2]) or 0
+  S.pause = tonumber(v[3]) or 0
+  S.epoch = v[4]
+  if not S.epoch then S.epoch = fmt(now) end
+  S.dv = v[6] or '0'
+  S.horizon = 0
+end
+
+-- Expire ``key`` no sooner than ``ms`` from now; never shortens a longer TTL that another
+-- worker (with a longer window) set.
+local function keep(key, ms)
+  ms = math.ceil(ms)
+  local p = redis.call('PTTL', key)
+  if p == -1 or (p >= 0 and p < ms) then redis.call('PEXPIRE', key, ms) end
+end
+
+-- ARGV[p], ARGV[p+1], ... hold n windows of 4 values: id, amount, per_seconds, is_tokens.
+local function parse_windows(p, n, margin)
+  local ws, fields = {}, {}
+  for i = 1, n do
+    local b = p + (i - 1) * 4
+    local per = tonumber(ARGV[b + 2])
+    ws[i] = {id = ARGV[b], amount = tonumber(ARGV[b + 1]), per = per,
+             tokens = ARGV[b + 3] == '1', d = per / SLOTS, h = per + margin, dirty = false}
+    fields[i] = 'w:' .. ARGV[b]
+  end
+  if n > 0 then
+    local blobs = redis.call('HMGET', KEYS[1], unpack(fields))
+    for i = 1, n do
+      ws[i].ring = blobs[i] and cmsgpack.unpack(blobs[i]) or {}
+    end
+  end
+  return ws
+end
+
+local function expiry(w, k) return (k + 1) * w.d + w.h end
+
+local function prune(w, now)
+  local r, i, n = w.ring, 1, #w.ring
+  while i < n and expiry(w, r[i]) <= now do i = i + 2 end
+  if i > 1 then
+    local out = {}
+    for j = i, n do out[#out + 1] = r[j] end
+    w.ring = out
+    w.dirty = true
+  end
+end
+
+local function used_at(w, t)
+  local r, s = w.ring, 0
+  for i = 1, #r, 2 do
+    if expiry(w, r[i]) > t then s = s + r[i + 1] end
+  end
+  return s
+end
+
+-- Smallest t >= t0 at which cost fits (callers check cost <= amount).
+local function earliest_fit(w, t0, cost)
+  local room = w.amount - cost
+  local used = used_at(w, t0)
+  if used <= room + 1e-9 then return t0 end
+  local r = w.ring
+  for i = 1, #r, 2 do
+    local exp = expiry(w, r[i])
+    if exp > t0 then
+      used = used - r[i + 1]
+      if used <= room + 1e-9 then return exp end
+    end
+  end
+  return t0
+end
+
+-- Add ``amount`` (negative: a refund, floored at zero per slot) to slot k; returns the
+-- change actually applied. A refund on a forgotten slot does nothing.
+local function add(w, k, amount)
+  local r = w.ring
+  local i = #r - 1
+  while i >= 1 and r[i] > k do i = i - 2 end
+  if i >= 1 and r[i] == k then
+    local new = r[i + 1] + amount
+    if new < 0 then new = 0 end
+    local applied = new - r[i + 1]
+    r[i + 1] = new
+    w.dirty = true
+    return applied
+  end
+  if amount <= 0 then return 0 end
+  table.insert(r, i + 2, k)
+  table.insert(r, i + 3, amount)
+  w.dirty = true
+  return amount
+end
+
+local function has_slot(w, k)
+  local r = w.ring
+  for i = #r - 1, 1, -2 do
+    if r[i] == k then return true end
+    if r[i] < k then return false end
+  end
+  return false
+end
+
+local function cost_of(w, tokens, requests)
+  if w.tokens then return tokens end
+  return requests
+end
+
+-- Book at the earliest time every window has room, never before the newest booking (FIFO
+-- across every worker) nor inside a pause. Returns at, slots; or nil, binding index when a
+-- long (monthly) window would make the caller wait for hours.
+local function book(ws, tokens, requests)
+  local now = S.now
+  local t0 = math.max(now, S.tail, S.pause)
+  local at, binding = t0, 0
+  for i, w in ipairs(ws) do
+    prune(w, now)
+    local t = earliest_fit(w, t0, cost_of(w, tokens, requests))
+    if t > at then at, binding = t, i end
+  end
+  if binding > 0 and ws[binding].per >= LONG_WINDOW and at - now > LONG_WAIT then
+    return nil, binding, at
+  end
+  local slots = {}
+  for i, w in ipairs(ws) do
+    local k = math.floor(at / w.d)
+    add(w, k, cost_of(w, tokens, requests))
+    slots[i] = k
+  end
+  S.tail = at
+  return at, slots
+end
+
+local function unbook(ws, slots, tokens, requests)
+  for i, w in ipairs(ws) do
+    if slots[i] then add(w, slots[i], -cost_of(w, tokens, requests)) end
+  end
+end
+
+-- After the newest booking is cancelled, FIFO only needs the tail to be no earlier than the
+-- start of the newest slot still holding a charge. (Correctness never rests on the tail:
+-- every booked charge counts in used_at for any earlier time.)
+local function rewind_tail(ws, at)
+  if at < S.tail then return end
+  local newest = 0
+  for _, w in ipairs(ws) do
+    local r = w.ring
+    for i = #r - 1, 1, -2 do
+      if r[i + 1] > 0 then
+        local start = r[i] * w.d
+        if start > newest then newest = start end
+        break
+      end
+    end
+  end
+  S.tail = newest
+end
+
+local function trim_leases()
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', fmt(S.now))
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', fmt(S.now), 'LIMIT', 0, 100)
+  if #dead > 0 then
+    redis.call('ZREM', KEYS[5], unpack(dead))
+    redis.call('ZREM', KEYS[4], unpack(dead))
+  end
+end
+
+-- Settle and cancel run at most once per member, even when a client retries after an
+-- ambiguous failure (the reply was lost but the script ran).
+local function first_time(member)
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(S.now))
+  if redis.call('ZSCORE', KEYS[6], member) then return false end
+  redis.call('ZADD', KEYS[6], fmt(S.now + DONE_TTL), member)
+  keep(KEYS[6], DONE_TTL * 1000 + SLACK_MS)
+  return true
+end
+
+local function save(ws)
+  local args = {'now', fmt(S.now), 'tail', fmt(S.tail), 'pause', fmt(S.pause), 'epoch', S.epoch}
+  local horizon = 0
+  for _, w in ipairs(ws) do
+    if w.dirty then
+      args[#args + 1] = 'w:' .. w.id
+      args[#args + 1] = cmsgpack.pack(w.ring)
+    end
+    if w.h + w.d > horizon then horizon = w.h + w.d end
+  end
+  redis.call('HSET', KEYS[1], unpack(args))
+  local ms = (math.max(S.tail, S.pause, S.now) - S.now + horizon) * 1000 + SLACK_MS
+  keep(KEYS[1], ms)
+  keep(KEYS[2], ms)
+end
+
+local function stat(field, x)
+  if x ~= 0 then redis.call('HINCRBYFLOAT', KEYS[2], field, fmt(x)) end
+end
+
+local function booked_reply(status, at, slots)
+  local out = {status, fmt(at), fmt(S.now), S.epoch, S.dv}
+  for i = 1, #slots do out[#out + 1] = fmt(slots[i]) end
+  return out
+end
+
+local function queue_up(member, qlease)
+  if not redis.call('ZSCORE', KEYS[4], member) then
+    local ticket = redis.call('HINCRBY', KEYS[1], 'ticket', 1)
+    redis.call('ZADD', KEYS[4], ticket, member)
+  end
+  redis.call('ZADD', KEYS[5], fmt(S.now + qlease), member)
+  keep(KEYS[4], qlease * 1000 + SLACK_MS)
+  keep(KEYS[5], qlease * 1000 + SLACK_MS)
+end
+
+local function take_lease(member, lease)
+  redis.call('ZADD', KEYS[3], fmt(S.now + lease), member)
+  keep(KEYS[3], lease * 1000 + SLACK_MS)
+end
+
+-- Book, take a lease when a cap is set, count it; returns the reply for the client.
+local function book_and_reply(ws, member, tokens, requests, maxif, lease, status, count)
+  local at, slots, when = book(ws, tokens, requests)
+  if not at then
+    save(ws)
+    return {'exhausted', fmt(when), fmt(S.now), S.epoch, S.dv, tostring(slots)}
+  end
+  if maxif > 0 then take_lease(member, lease) end
+  if count then stat('tokens_reserved', tokens) end
+  if at <= S.now then stat('requests_admitted', 1) end
+  save(ws)
+  return booked_reply(status, at, slots)
+end

@@ -1,0 +1,113 @@
+"""The Lua scripts of the Redis backend, and the key layout they work on.
+
+Every operation is one script run with ``EVALSHA`` (redis-py's ``Script`` loads it again on
+``NOSCRIPT``, e.g. after a Redis restart). All keys of one budget share a hash tag, so the
+scripts also run on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from ..config import Limit
+
+SCRIPT_NAMES = (
+    "reserve",
+    "check",
+    "cancel",
+    "settle",
+    "pause",
+    "adopt",
+    "charge",
+    "stats",
+    "renew",
+)
+
+
+def _read(name: str) -> str:
+    return (resources.files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+
+
+def script_sources() -> dict[str, str]:
+    """Each script's full text: the shared functions followed by its body."""
+    common = _read("common")
+    return {name: f"{common}\n-- {name}\n{_read(name)}" for name in SCRIPT_NAMES}
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+
+
+def namespace_for(api_key: str | None, key: str | None) -> str:
+    """The shared budget's name. Workers with the same API key meet under the same name.
+
+    The API key itself is never stored: only a prefix of its SHA-256, which cannot be turned
+    back into the key.
+    """
+    if key is not None:
+        if not _SAFE_NAME.match(key):
+            raise ValueError(
+                "key must be 1-100 characters from A-Z a-z 0-9 _ . : - (no braces: the "
+                f"limiter adds its own hash tag), got {key!r}"
+            )
+        return key
+    if api_key:
+        digest = hashlib.sha256(b"mistral-ratelimit\x00" + api_key.encode("utf-8")).hexdigest()
+        return f"k-{digest[:24]}"
+    return "default"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key of one budget, in the order the scripts expect them (see common.lua)."""
+
+    state: str
+    stats: str
+    inflight: str
+    queue: str
+    queue_leases: str
+    settled: str
+
+    @classmethod
+    def for_namespace(cls, prefix: str, namespace: str) -> Keys:
+        tag = f"{prefix}:{{{namespace}}}"  # the hash tag: one Cluster slot per budget
+        return cls(
+            f"{tag}:state",
+            f"{tag}:stats",
+            f"{tag}:inflight",
+            f"{tag}:queue",
+            f"{tag}:qlease",
+            f"{tag}:settled",
+        )
+
+    def all(self) -> list[str]:
+        return [self.state, self.stats, self.inflight, self.queue, self.queue_leases, self.settled]
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    """One limit as the scripts see it. Workers share a ring when unit and period match."""
+
+    amount: float
+    per_seconds: float
+    tokens: bool
+
+    @classmethod
+    def of(cls, limit: Limit) -> WindowSpec:
+        return cls(float(limit.amount), float(limit.per_seconds), limit.unit == "tokens")
+
+    @property
+    def id(self) -> str:
+        return f"{'t' if self.tokens else 'r'}{self.per_seconds!r}"
+
+    def args(self) -> tuple[str, str, str, str]:
+        return (self.id, repr(self.amount), repr(self.per_seconds), "1" if self.tokens else "0")
+
+
+def window_args(specs: tuple[WindowSpec, ...]) -> list[str]:
+    out = [str(len(specs))]
+    for spec in specs:
+        out.extend(spec.args())
+    return out
