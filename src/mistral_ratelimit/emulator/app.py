@@ -188,28 +188,36 @@ class EmulatorApp:
         record = self.state.log.open(RequestRecord(arrival, wall, method, path))
         ctx = Ctx(record)
         scope["emulator.ctx"] = ctx
-        holds_slot = False
+        slot = [False]  # holds an in-flight slot; a list so the closure can clear it
+
+        def finish() -> None:
+            # Runs before the last body byte is handed over, so a client that sends its
+            # next request as soon as it has the answer finds the slot already free.
+            if record.finished is None:
+                record.finished = time.monotonic()
+            if slot[0]:
+                slot[0] = False
+                with self.state.lock:
+                    self.state.inflight -= 1
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 record.status = message["status"]
                 if ctx.headers:
                     message["headers"] = [*message.get("headers", []), *self._headers(ctx)]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finish()
             await send(message)
 
         try:
             refusal = self._admit(scope, ctx, arrival)
             if refusal is not None:
-                holds_slot = False
                 await refusal(scope, receive, send_with_headers)
                 return
-            holds_slot = self.config.max_concurrency is not None
+            slot[0] = self.config.max_concurrency is not None
             await self.router(scope, receive, send_with_headers)
         finally:
-            record.finished = time.monotonic()
-            if holds_slot:
-                with self.state.lock:
-                    self.state.inflight -= 1
+            finish()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -1,0 +1,372 @@
+"""The emulator over real sockets: headers, billing, 401/429 shapes, faults, streams, log."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from emulator_helpers import MONTH_HEADERS, RATE_HEADERS, parse_sse, start, start_body
+from mistral_ratelimit.emulator import Emulator, Fault, FaultRule
+from mistral_ratelimit.emulator.tokens import prompt_tokens
+
+pytestmark = pytest.mark.realclock
+
+RATE_LIMITED = {
+    "object": "error",
+    "message": "Rate limit exceeded",
+    "type": "rate_limited",
+    "param": None,
+    "code": "1300",
+    "raw_status_code": 429,
+}
+
+
+@pytest.fixture
+def emu() -> Iterator[Emulator]:
+    with Emulator(
+        requests_per_second=1000, tokens_per_minute=5_000_000, tokens_per_month=10**9
+    ) as e:
+        yield e
+
+
+@pytest.fixture
+def client(emu: Emulator) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=emu.url, timeout=10) as c:
+        yield c
+
+
+def test_every_response_carries_the_rate_headers(emu: Emulator, client: httpx.Client) -> None:
+    responses = [
+        start(client),
+        client.get("/v1/models"),
+        client.get("/v1/conversations"),
+        client.get("/v1/conversations/conv_missing"),
+        client.post("/v1/conversations", json={"stream": False}),  # 422
+        client.get("/v1/unknown"),
+    ]
+    with client.stream("POST", "/v1/conversations", json=start_body(stream=True)) as r:
+        r.read()
+        responses.append(r)
+    assert [r.status_code for r in responses] == [200, 200, 200, 404, 422, 404, 200]
+    for r in responses:
+        for name in RATE_HEADERS + MONTH_HEADERS:
+            assert name in r.headers, (r.request.url, name)
+    assert responses[0].headers["x-ratelimit-tokens-query-cost"] == str(
+        responses[0].json()["usage"]["total_tokens"]
+    )
+    assert responses[1].headers["x-ratelimit-tokens-query-cost"] == "0"
+    # A stream's headers leave before generation: they price the prompt only.
+    done = parse_sse(responses[-1].text.splitlines())[-1][1]
+    assert responses[-1].headers["x-ratelimit-tokens-query-cost"] == str(
+        done["usage"]["prompt_tokens"]
+    )
+    assert responses[-1].headers["content-type"].startswith("text/event-stream")
+
+
+def test_remaining_headers_count_down(client: httpx.Client) -> None:
+    a = start(client)
+    b = start(client)
+    used = b.json()["usage"]["total_tokens"]
+    ra = int(a.headers["x-ratelimit-remaining-tokens-minute"])
+    rb = int(b.headers["x-ratelimit-remaining-tokens-minute"])
+    assert ra - rb == used
+    assert int(a.headers["x-ratelimit-remaining-req-minute"]) - 1 == int(
+        b.headers["x-ratelimit-remaining-req-minute"]
+    )
+    assert int(a.headers["x-ratelimit-remaining-tokens-month"]) - used == int(
+        b.headers["x-ratelimit-remaining-tokens-month"]
+    )
+    assert a.headers["x-ratelimit-limit-req-minute"] == str(1000 * 60)
+
+
+def test_append_and_restart_bill_the_stored_history(client: httpx.Client) -> None:
+    first = start(client, "The first question is about windows.").json()
+    cid = first["conversation_id"]
+    appended = client.post(f"/v1/conversations/{cid}", json={"inputs": "and tokens?"}).json()
+    history = client.get(f"/v1/conversations/{cid}/history").json()["entries"]
+    assert len(history) == 4
+    assert appended["usage"]["prompt_tokens"] == prompt_tokens(history[:3])
+    restarted = client.post(
+        f"/v1/conversations/{cid}/restart",
+        json={"from_entry_id": history[1]["id"], "inputs": "again"},
+    ).json()
+    new_history = client.get(f"/v1/conversations/{restarted['conversation_id']}/history").json()[
+        "entries"
+    ]
+    assert [e["id"] for e in new_history[:2]] == [e["id"] for e in history[:2]]
+    assert restarted["usage"]["prompt_tokens"] == prompt_tokens(new_history[:3])
+
+
+def test_store_false_is_not_kept_and_unknown_ids_404(client: httpx.Client) -> None:
+    cid = start(client, store=False).json()["conversation_id"]
+    r = client.post(f"/v1/conversations/{cid}", json={"inputs": "x"})
+    assert r.status_code == 404
+    assert r.json()["object"] == "error"
+    r = client.post("/v1/conversations/conv_x/restart", json={"inputs": "x"})
+    assert r.status_code == 404
+
+
+def test_429_body_and_retry_after_modes() -> None:
+    for mode in (None, "seconds", "http-date"):
+        with (
+            Emulator(requests_per_second=1, retry_after=mode) as emu,  # type: ignore[arg-type]
+            httpx.Client(base_url=emu.url) as c,
+        ):
+            assert start(c).status_code == 200
+            r = start(c)
+            assert r.status_code == 429
+            assert r.json() == RATE_LIMITED
+            assert r.headers["content-type"] == "application/json"
+            assert r.headers["x-ratelimit-tokens-query-cost"] == "0"
+            log = emu.log.snapshot()
+            assert [x.admitted for x in log] == [True, False]
+            assert log[1].reason == "requests_per_second"
+            assert log[1].tokens == 0
+        if mode is None:
+            assert "retry-after" not in r.headers
+        elif mode == "seconds":
+            assert r.headers["retry-after"] == "1"
+        else:
+            when = email.utils.parsedate_to_datetime(r.headers["retry-after"])
+            assert abs(when.timestamp() - time.time()) < 5
+
+
+def test_token_refusal_gives_the_request_back() -> None:
+    with (
+        Emulator(requests_per_second=None, tokens_per_minute=200, requests_per_minute=3) as emu,
+        httpx.Client(base_url=emu.url) as c,
+    ):
+        r = start(c, "word " * 400)
+        assert r.status_code == 429 and r.json()["code"] == "1300"
+        assert emu.log[0].reason == "tokens_per_minute"
+        assert r.headers["x-ratelimit-remaining-req-minute"] == "3"  # not consumed
+        ok = start(c, "small")
+        assert ok.status_code == 200
+        assert ok.headers["x-ratelimit-remaining-req-minute"] == "2"
+
+
+def test_auth_401_shape_and_no_headers() -> None:
+    key = "sk-emulator-test-123"
+    with Emulator(requests_per_second=100, api_key=key) as emu:
+        with httpx.Client(base_url=emu.url) as c:
+            for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": key}):
+                r = c.get("/v1/models", headers=headers)
+                assert r.status_code == 401
+                assert r.json() == {"detail": "Unauthorized"}
+                assert key not in r.text
+                assert "x-ratelimit-limit-req-minute" not in r.headers
+            ok = c.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+            assert ok.status_code == 200
+        assert key not in repr(emu) and key not in repr(emu.config)
+        assert [x.reason for x in emu.log.rejected()] == ["auth"] * 3
+
+
+def test_faults_capacity_5xx_520_and_refunds(emu: Emulator, client: httpx.Client) -> None:
+    emu.inject("capacity")
+    r = start(client)
+    assert r.status_code == 429
+    assert r.json()["code"] == "3505"
+    assert r.json()["type"] == "service_tier_capacity_exceeded"
+    emu.inject(Fault("server_error", status=502))
+    r = start(client)
+    assert r.status_code == 502 and r.json()["type"] == "server_error"
+    emu.inject("html_520")
+    r = start(client)
+    assert r.status_code == 520
+    assert r.headers["content-type"].startswith("text/html")
+    assert "520" in r.text
+    assert start(client).status_code == 200  # queue drained
+    log = emu.log.snapshot()
+    assert [x.fault for x in log] == ["capacity", "server_error", "html_520", None]
+    assert all(x.tokens == 0 for x in log[:3])  # no usage, nothing billed
+    assert all(x.admitted for x in log)  # but each counted as a request
+
+
+def test_fault_rule_every_nth(emu: Emulator) -> None:
+    with (
+        Emulator(
+            requests_per_second=1000,
+            faults=[FaultRule(Fault("server_error", status=503), every=2)],
+        ) as e2,
+        httpx.Client(base_url=e2.url) as c,
+    ):
+        codes = [start(c).status_code for _ in range(6)]
+        assert codes == [200, 503] * 3
+        assert c.get("/v1/models").status_code == 200  # reads are not generation
+
+
+def test_zero_limit(emu: Emulator, client: httpx.Client) -> None:
+    emu.inject("zero_limit")
+    r = client.get("/v1/models")
+    assert r.status_code == 429 and r.json() == RATE_LIMITED
+    assert r.headers["x-ratelimit-limit-req-minute"] == "0"
+    assert start(client).status_code == 200
+    with Emulator(requests_per_minute=0) as z, httpx.Client(base_url=z.url) as c:
+        for _ in range(3):
+            r = start(c)
+            assert r.status_code == 429
+            assert r.headers["x-ratelimit-limit-req-minute"] == "0"
+        assert not any(x.admitted for x in z.log)
+
+
+def _stream_events(client: httpx.Client, **extra: object) -> list[tuple[str, dict[str, object]]]:
+    with client.stream("POST", "/v1/conversations", json=start_body(stream=True, **extra)) as r:
+        return parse_sse(r.iter_lines())
+
+
+def test_stream_cut_and_stream_error(emu: Emulator, client: httpx.Client) -> None:
+    emu.inject(Fault("stream_cut", after_chunks=2))
+    events = _stream_events(client, text="write a long answer please " * 5)
+    assert [n for n, _ in events] == [
+        "conversation.response.started",
+        "message.output.delta",
+        "message.output.delta",
+    ]
+    cut = emu.log[-1]
+    assert cut.fault == "stream_cut" and cut.completion_tokens > 0
+    emu.inject(Fault("stream_cut", after_chunks=1, abrupt=True))
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("POST", "/v1/conversations", json=start_body(stream=True)) as r,
+    ):
+        for _ in r.iter_lines():
+            pass
+    emu.inject(Fault("stream_error", after_chunks=1))
+    events = _stream_events(client)
+    assert events[-1][0] == "conversation.response.error"
+    assert isinstance(events[-1][1]["code"], int)
+    assert _stream_events(client)[-1][0] == "conversation.response.done"
+
+
+def test_slow_first_byte_delays_the_response(emu: Emulator, client: httpx.Client) -> None:
+    emu.inject(Fault("slow_first_byte", delay=0.3))
+    t = time.monotonic()
+    r = start(client)
+    assert r.status_code == 200
+    assert time.monotonic() - t >= 0.3  # a lower bound: noise only makes it longer
+
+
+def test_stream_is_incremental_and_charges_as_it_goes() -> None:
+    with (
+        Emulator(requests_per_second=100, stream_tokens_per_second=40) as emu,
+        httpx.Client(base_url=emu.url, timeout=10) as c,
+        c.stream("POST", "/v1/conversations", json=start_body("x " * 30, stream=True)) as r,
+    ):
+        seen: list[int] = []
+        events = []
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line.startswith("event: message.output.delta") and not seen:
+                # The first delta is on the socket while the server is still generating.
+                record = emu.log[-1]
+                assert record.finished is None
+                seen.append(record.completion_tokens)
+        events = parse_sse(lines)
+    usage = events[-1][1]["usage"]
+    assert isinstance(usage, dict)
+    assert seen[0] < usage["completion_tokens"]
+    assert emu.log[-1].completion_tokens == usage["completion_tokens"]
+    assert emu.log[-1].finished is not None
+
+
+def test_concurrency_cap() -> None:
+    with (
+        Emulator(requests_per_second=100, max_concurrency=1, stream_tokens_per_second=30) as emu,
+        httpx.Client(base_url=emu.url, timeout=10) as c,
+    ):
+        with c.stream("POST", "/v1/conversations", json=start_body("x " * 20, stream=True)) as r:
+            lines = r.iter_lines()  # one iterator: dropping it would close the connection
+            next(lines)
+            second = c.get("/v1/models")
+            assert second.status_code == 429
+            for _ in lines:
+                pass
+        assert c.get("/v1/models").status_code == 200
+        assert [x.reason for x in emu.log] == [None, "concurrency", None]
+
+
+def test_reset_clears_log_windows_and_store() -> None:
+    with Emulator(requests_per_second=1) as emu, httpx.Client(base_url=emu.url) as c:
+        cid = start(c).json()["conversation_id"]
+        assert start(c).status_code == 429
+        emu.reset()
+        assert len(emu.log) == 0
+        assert c.get(f"/v1/conversations/{cid}").status_code == 404  # window reset too
+        assert len(emu.log) == 1 and emu.log[0].admitted
+
+
+def test_log_records_arrival_clocks(emu: Emulator, client: httpx.Client) -> None:
+    before_mono, before_wall = time.monotonic(), time.time()
+    start(client)
+    after_mono, after_wall = time.monotonic(), time.time()
+    (rec,) = emu.log.snapshot()
+    assert before_mono <= rec.arrival <= rec.finished <= after_mono  # type: ignore[operator]
+    assert before_wall <= rec.wall <= after_wall
+    assert (rec.method, rec.path, rec.status, rec.stream) == (
+        "POST",
+        "/v1/conversations",
+        200,
+        False,
+    )
+    assert rec.prompt_tokens > 0 and rec.completion_tokens > 0
+
+
+def test_validation_errors_are_422_in_fastapi_shape(client: httpx.Client) -> None:
+    r = client.post("/v1/conversations", content=b"{not json")
+    assert r.status_code == 422 and "detail" in r.json()
+    r = client.post("/v1/conversations", json={"inputs": [1, 2]})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "inputs"]
+
+
+def test_start_stop_without_with_and_inside_an_event_loop() -> None:
+    emu = Emulator(requests_per_second=10)
+    emu.start()
+    url = emu.url
+    assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+    emu.stop()
+    assert not emu.running
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health")
+
+    async def main() -> int:
+        # The demo starts the emulator from inside its own event loop.
+        with Emulator(requests_per_second=10) as inner:
+            async with httpx.AsyncClient(base_url=inner.url) as c:
+                r = await c.post("/v1/conversations", json=start_body())
+                return r.status_code
+
+    assert asyncio.run(main()) == 200
+
+
+def test_sse_wire_format_is_named_events_without_done_sentinel(client: httpx.Client) -> None:
+    with client.stream("POST", "/v1/conversations", json=start_body(stream=True)) as r:
+        raw = r.read().decode()
+    assert "[DONE]" not in raw
+    blocks = [b for b in raw.split("\n\n") if b]
+    for block in blocks:
+        event_line, data_line = block.split("\n")
+        name = event_line.removeprefix("event: ")
+        assert json.loads(data_line.removeprefix("data: "))["type"] == name
+
+
+def test_sequential_client_never_meets_its_own_finished_request() -> None:
+    # Regression: the in-flight slot and `finished` were released after the last byte was
+    # sent, so a client firing its next request at once could get a spurious 429.
+    with (
+        Emulator(requests_per_second=None, max_concurrency=1) as emu,
+        httpx.Client(base_url=emu.url) as c,
+    ):
+        codes = [start(c).status_code for _ in range(30)]
+        assert codes == [200] * 30
+        assert all(r.finished is not None for r in emu.log)
