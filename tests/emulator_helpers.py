@@ -41,3 +41,30 @@ def start_body(text: str = "hello", **extra: Any) -> dict[str, Any]:
 
 def start(client: httpx.Client, text: str = "hello", **extra: Any) -> httpx.Response:
     return client.post("/v1/conversations", json=start_body(text, **extra))
+
+
+async def hammer(
+    url: str,
+    *,
+    seconds: float,
+    workers: int,
+    body: dict[str, Any],
+    path: str = "/v1/conversations",
+) -> list[int]:
+    """Send as fast as possible from ``workers`` concurrent tasks for ``seconds``: an
+    unthrottled client. Returns every status code."""
+    import asyncio
+    import time
+
+    statuses: list[int] = []
+    limits = httpx.Limits(max_connections=workers, max_keepalive_connections=workers)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        deadline = time.monotonic() + seconds
+
+        async def worker() -> None:
+            while time.monotonic() < deadline:
+                r = await client.post(path, json=body)
+                statuses.append(r.status_code)
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return statuses

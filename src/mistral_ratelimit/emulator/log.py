@@ -117,8 +117,14 @@ class RequestLog:
         return best
 
     def admitted_between(self, start: float, end: float) -> int:
+        """Admitted requests that arrived in ``[start, end)``."""
         times = sorted(r.arrival for r in self.admitted())
-        return bisect.bisect_right(times, end) - bisect.bisect_left(times, start)
+        return bisect.bisect_left(times, end) - bisect.bisect_left(times, start)
+
+    def tokens_between(self, start: float, end: float) -> int:
+        """Tokens charged in ``[start, end)`` (refunds subtract)."""
+        with self._lock:
+            return sum(n for t, n in self._charges if start <= t < end)
 
 
 __all__ = ["RequestLog", "RequestRecord"]
