@@ -108,13 +108,13 @@ class ObservedSyncStream(ObservedStreamBase):
                 self._observer.feed(chunk)
                 yield chunk
         finally:
-            drive_sync(self._observer.finish(), self._limiter, _no_send)
+            drive_sync(self._observer.finish(), self._limiter, no_send)
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            drive_sync(self._observer.finish(), self._limiter, _no_send)
+            drive_sync(self._observer.finish(), self._limiter, no_send)
 
 
 class ObservedAsyncStream(ObservedStreamBase):
@@ -124,21 +124,21 @@ class ObservedAsyncStream(ObservedStreamBase):
                 self._observer.feed(chunk)
                 yield chunk
         finally:
-            await drive_async(self._observer.finish(), self._limiter, _no_asend)
+            await drive_async(self._observer.finish(), self._limiter, no_asend)
 
     async def aclose(self) -> None:
         try:
             with anyio.CancelScope(shield=True):
                 await self._inner.aclose()
         finally:
-            await drive_async(self._observer.finish(), self._limiter, _no_asend)
+            await drive_async(self._observer.finish(), self._limiter, no_asend)
 
 
-def _no_send() -> Any:  # pragma: no cover - finish() never sends
+def no_send() -> Any:  # pragma: no cover - finish() never sends
     raise RuntimeError("settlement does not send requests")
 
 
-async def _no_asend() -> Any:  # pragma: no cover
+async def no_asend() -> Any:  # pragma: no cover
     raise RuntimeError("settlement does not send requests")
 
 

@@ -36,6 +36,8 @@ EXTENSION_KEY = "mistral_ratelimit"
 #: of the tightest token window's free room; below it, the bound is reserved and
 #: settled from usage, keeping the tokenizer off the hot path.
 EXACT_COUNT_THRESHOLD = 0.25
+#: Longest shared pause one 429 may impose (one tokens-per-minute window).
+MAX_PAUSE_SECONDS = 60.0
 #: JSON bodies larger than this are passed through without being parsed for usage.
 MAX_JSON_SNIFF_BYTES = 8 * 1024 * 1024
 #: Exception class names that mean the request never left this machine (httpx and
@@ -129,6 +131,14 @@ def backoff(config: RatelimitConfig, attempt: int, factor: float = 1.0) -> float
     return random.uniform(d / 2, d)
 
 
+def record_attempts(response: Any, attempts: int, waited: float) -> None:
+    """Tell the caller how hard we tried: ``response.extensions["mistral_ratelimit"]``
+    holds ``{"attempts": n, "waited": seconds}`` (the facade quotes it in SDK errors)."""
+    extensions = getattr(response, "extensions", None)
+    if isinstance(extensions, dict):
+        extensions[EXTENSION_KEY] = {"attempts": attempts, "waited": round(waited, 3)}
+
+
 class Lifecycle:
     """The request lifecycle shared by every transport built on one limiter."""
 
@@ -156,8 +166,10 @@ class Lifecycle:
         retries = req.options.max_retries
         max_retries = self.config.max_retries if retries is None else retries
         attempt = 0
+        waited = 0.0  # seconds spent waiting for the budget or backing off, for error notes
         while True:
             res: Reservation = yield Acquire(est.total)
+            waited += max(0.0, res.at - res.created_at)
             try:
                 response = yield Send()
             except BaseException as exc:
@@ -174,12 +186,16 @@ class Lifecycle:
                         attempt,
                         max_retries,
                     )
-                    yield Sleep(backoff(self.config, attempt - 1))
+                    pause = backoff(self.config, attempt - 1)
+                    waited += pause
+                    yield Sleep(pause)
                     continue
                 raise
             outcome = yield from self._classify(res, est, req, response, attempt, max_retries)
             if isinstance(outcome, Deliver):
+                record_attempts(outcome.response, attempt + 1, waited)
                 return outcome
+            waited += outcome
             attempt += 1
 
     def _classify(
@@ -190,8 +206,8 @@ class Lifecycle:
         response: Any,
         attempt: int,
         max_retries: int,
-    ) -> Generator[Effect, Any, Deliver | None]:
-        """Deliver the response, or return None after arranging a retry."""
+    ) -> Generator[Effect, Any, Deliver | float]:
+        """Deliver the response, or arrange a retry and return the seconds slept."""
         try:
             headers = response.headers
             view = parse_ratelimit_headers(headers)
@@ -218,6 +234,9 @@ class Lifecycle:
             wait = retry_after_seconds(headers)
             if wait is None:
                 wait = backoff(self.config, attempt)
+            # A server asking for more than one token window is not answered with a longer
+            # freeze: the caller gets the 429 back sooner once retries run out.
+            wait = min(wait, max(self.config.max_delay, MAX_PAUSE_SECONDS))
             yield Call("pause_for", (wait,))  # the whole shared budget is spent, not just ours
             log.warning(
                 "429 rate limited (attempt %d/%d); all callers pause %.2f s",
@@ -255,7 +274,8 @@ class Lifecycle:
         yield Close(response)  # free the pooled connection before the next attempt
         if kind is not ErrorClass.RATE_LIMITED:
             yield Sleep(wait)
-        return None
+            return wait
+        return 0.0  # the 429 pause is waited for in the next Acquire
 
 
 class _JsonSniffer:
@@ -306,6 +326,14 @@ class BodyObserver:
             self._json = _JsonSniffer(encoding)
         self.finished = False
         self.bytes_seen = 0
+
+    def feed_decoded(self, body: bytes) -> None:
+        """Observe a body the inner transport already read (and so already decoded)."""
+        if self._sse is not None:
+            self._sse = StreamSniffer(None)
+        elif self._json is not None:
+            self._json = _JsonSniffer(None)
+        self.feed(body)
 
     def feed(self, chunk: bytes) -> None:
         """Never raises: our parsing must not break the caller's stream."""

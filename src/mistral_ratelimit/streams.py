@@ -13,15 +13,17 @@ import httpx
 
 from .driving import ObservedAsyncStream, ObservedStreamBase, ObservedSyncStream
 
+_LIBS: list[Any] = [httpx]
 try:
     import httpx2
+
+    _LIBS.append(httpx2)
 except ImportError:  # the mistralai 1.x/2.x line does not need it
-    httpx2 = None
+    pass
 
 
 def _bases(ours: type, name: str) -> tuple[type, ...]:
-    libs: list[Any] = [httpx] if httpx2 is None else [httpx, httpx2]
-    return (ours, *(getattr(lib, name) for lib in libs))
+    return (ours, *(getattr(lib, name) for lib in _LIBS))
 
 
 SyncStream: type[ObservedStreamBase] = type(

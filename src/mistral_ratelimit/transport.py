@@ -9,8 +9,8 @@ from typing import Any
 
 from .accounting.request import Estimator
 from .config import RatelimitConfig
-from .driving import deliver, drive_async, drive_sync
-from .lifecycle import Lifecycle, RequestOptions, RequestView
+from .driving import deliver, drive_async, drive_sync, no_asend, no_send
+from .lifecycle import Deliver, Lifecycle, RequestOptions, RequestView
 from .limiter.base import Limiter
 from .limiter.memory import RateLimiter
 from .streams import AsyncStream, SyncStream
@@ -25,6 +25,14 @@ def _is_json(headers: Mapping[str, str]) -> bool:
 
 def _not_read(exc: BaseException) -> bool:
     return type(exc).__name__ == "RequestNotRead"
+
+
+def _already_read(outcome: Deliver) -> bool:
+    """A response built from bytes (MockTransport, caches) arrives read and closed: its
+    stream will never be iterated, so it is observed and settled at once."""
+    return outcome.observer is not None and bool(
+        getattr(outcome.response, "is_stream_consumed", False)
+    )
 
 
 def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
@@ -78,6 +86,11 @@ class SyncTransportCore(_Core):
             self.limiter,
             lambda: self.transport.handle_request(request),
         )
+        if _already_read(outcome):
+            assert outcome.observer is not None
+            outcome.observer.feed_decoded(outcome.response.content)
+            drive_sync(outcome.observer.finish(), self.limiter, no_send)
+            return outcome.response
         return deliver(outcome, SyncStream, self.limiter)
 
     def close(self) -> None:
@@ -100,6 +113,11 @@ class AsyncTransportCore(_Core):
             self.limiter,
             lambda: self.transport.handle_async_request(request),
         )
+        if _already_read(outcome):
+            assert outcome.observer is not None
+            outcome.observer.feed_decoded(outcome.response.content)
+            await drive_async(outcome.observer.finish(), self.limiter, no_asend)
+            return outcome.response
         return deliver(outcome, AsyncStream, self.limiter)
 
     async def aclose(self) -> None:
