@@ -406,3 +406,28 @@ def test_fallback_tokenizer_still_estimates(
     for a, b in zip(exact, fallback, strict=True):
         assert b.prompt_tokens >= a.prompt_tokens
         assert not b.exact or b.endpoint == "read"
+
+
+def test_agent_overhead_is_learnt_additively() -> None:
+    # An agent's instructions and tools live on the server: a constant the body never shows.
+    e = Estimator()
+    hidden = 600
+    short = body({"inputs": "hello", "agent_id": "ag_1"})
+    long = body({"inputs": "hello " * 300, "agent_id": "ag_1"})
+    base_short = e.estimate("POST", "/v1/conversations", short).prompt_tokens
+    base_long = e.estimate("POST", "/v1/conversations", long).prompt_tokens
+    for i in range(30):
+        est = e.estimate("POST", "/v1/conversations", short if i % 2 else long)
+        raw = base_short if i % 2 else base_long
+        e.observe(est, Usage(raw + hidden, 5, 0), f"conv_{i}")
+    assert (
+        abs(e.estimate("POST", "/v1/conversations", short).prompt_tokens - (base_short + hidden))
+        <= 2
+    )
+    assert (
+        abs(e.estimate("POST", "/v1/conversations", long).prompt_tokens - (base_long + hidden)) <= 2
+    )
+    # A different agent, and plain models, are untouched.
+    other = e.estimate("POST", "/v1/conversations", body({"inputs": "hello", "agent_id": "ag_2"}))
+    assert other.prompt_tokens == base_short
+    assert e.correction.factors()["agent:ag_1"] == pytest.approx(hidden, abs=2)

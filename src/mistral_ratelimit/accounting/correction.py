@@ -10,6 +10,12 @@ It is bounded so one outlier cannot swing it: each observed ratio is clipped to
 with weight ``ALPHA``, only applied after ``MIN_OBSERVATIONS`` observations, and the applied
 factor is clipped to ``[MIN_FACTOR, MAX_FACTOR]``. Small prompts (under ``MIN_TOKENS``) do
 not teach it: a few tokens of template difference would read as a large ratio.
+
+Agents are different: the agent's instructions and tools are stored on the server and added
+to every prompt, a constant the body never shows. For keys starting with ``agent:`` the
+correction is an additive overhead instead: each observed gap is clipped to
+``+-MAX_OFFSET_STEP`` tokens, averaged the same way, and the applied overhead stays within
+``[0, MAX_OFFSET]``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ MIN_OBSERVATIONS = 5
 MIN_FACTOR = 0.8
 MAX_FACTOR = 1.5
 MIN_TOKENS = 32
+MAX_OFFSET_STEP = 2048
+MAX_OFFSET = 16_384
+ADDITIVE_PREFIX = "agent:"
 #: Relative errors kept for the figures (a rolling window).
 ERROR_WINDOW = 2048
 MAX_MODELS = 256
@@ -36,6 +45,7 @@ class ModelCorrection:
         self._lock = threading.Lock()
         self._log_ratio: dict[str, float] = {}
         self._seen: dict[str, int] = {}
+        self._offset: dict[str, float] = {}
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)
         self._abs_tokens: deque[int] = deque(maxlen=ERROR_WINDOW)
         self._count = 0
@@ -45,10 +55,20 @@ class ModelCorrection:
         with self._lock:
             if self._seen.get(key, 0) < MIN_OBSERVATIONS:
                 return 1.0
-            value = math.exp(self._log_ratio[key])
+            value = math.exp(self._log_ratio.get(key, 0.0))
         return min(MAX_FACTOR, max(MIN_FACTOR, value))
 
+    def offset(self, model: str | None) -> int:
+        key = model or ""
+        with self._lock:
+            if self._seen.get(key, 0) < MIN_OBSERVATIONS:
+                return 0
+            value = self._offset.get(key, 0.0)
+        return int(min(MAX_OFFSET, max(0.0, math.ceil(value))))
+
     def apply(self, model: str | None, tokens: int) -> int:
+        if (model or "").startswith(ADDITIVE_PREFIX):
+            return tokens + self.offset(model)
         factor = self.factor(model)
         if factor == 1.0:
             return tokens
@@ -56,18 +76,26 @@ class ModelCorrection:
 
     def observe(self, model: str | None, estimated: int, actual: int) -> None:
         """Learn from one estimate (before correction) and the server's count for it."""
-        if estimated <= 0 or actual <= 0 or max(estimated, actual) < MIN_TOKENS:
-            return
         key = model or ""
+        additive = key.startswith(ADDITIVE_PREFIX)
+        if estimated <= 0 or actual <= 0:
+            return
+        if not additive and max(estimated, actual) < MIN_TOKENS:
+            return
         with self._lock:
             if key not in self._seen and len(self._seen) >= MAX_MODELS:
                 return
-            step = math.log(min(MAX_STEP_RATIO, max(1 / MAX_STEP_RATIO, actual / estimated)))
             seen = self._seen.get(key, 0)
-            previous = self._log_ratio.get(key, 0.0)
-            # The first observations average plainly so the factor converges quickly.
+            # The first observations average plainly so the correction converges quickly.
             weight = max(ALPHA, 1.0 / (seen + 1))
-            self._log_ratio[key] = previous + weight * (step - previous)
+            if additive:
+                gap = min(MAX_OFFSET_STEP, max(-MAX_OFFSET_STEP, actual - estimated))
+                previous = self._offset.get(key, 0.0)
+                self._offset[key] = previous + weight * (gap - previous)
+            else:
+                step = math.log(min(MAX_STEP_RATIO, max(1 / MAX_STEP_RATIO, actual / estimated)))
+                previous = self._log_ratio.get(key, 0.0)
+                self._log_ratio[key] = previous + weight * (step - previous)
             self._seen[key] = seen + 1
 
     def record_error(self, estimated: int, actual: int) -> None:
@@ -104,6 +132,10 @@ class ModelCorrection:
         }
 
     def factors(self) -> dict[str, float]:
+        """The applied correction per key: a factor for models, an overhead for agents."""
         with self._lock:
             keys = list(self._seen)
-        return {k: self.factor(k) for k in keys}
+        return {
+            k: float(self.offset(k)) if k.startswith(ADDITIVE_PREFIX) else self.factor(k)
+            for k in keys
+        }
