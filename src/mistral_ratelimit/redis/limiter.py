@@ -99,6 +99,7 @@ class _Booking:
     created_mono: float
     epoch: str = ""
     leased: bool = False  # holds a lease in the shared in-flight set
+    ahead: bool = False  # booked ahead of now: held by a lease until it goes (see reap())
     counted: bool = False  # the script already counted it as admitted
     hint: float | None = None  # seconds to wait, per the last reply
     hint_mono: float = 0.0
@@ -358,9 +359,9 @@ class RedisRateLimiter:
             if self._outage is not None:
                 self._outage.tokens += res.tokens
                 self._outage.requests += res.requests
-            if b.leased:
-                self._held.discard(b.member)  # its Redis lease lapses on its own
-                b.leased = False
+            # Its Redis lease and ahead-of-now record lapse on their own.
+            b.leased = b.ahead = False
+            self._track(b)
         res.tag = "local"
         self._mirror_local(res, inner, fb)
         return res
@@ -535,14 +536,22 @@ class RedisRateLimiter:
                     self._inflight_local += 1
                 if status == "ok" and self._max_inflight and not b.leased:
                     b.leased = True
-                    self._held.add(b.member)
+                b.ahead = at > now
+                self._track(b)
                 b.counted = at <= now
                 b.hint, b.hint_mono, b.hint_gen = at - now, time.monotonic(), self._pause_gen
-        if b.leased:
+        if b.leased or b.ahead:
             self._ensure_heartbeat()
         if dv != self._dv:
             raw = yield _Command("hget", self._keys.state, "disc")
             self._apply_shared_discovery(raw, dv)
+
+    def _track(self, b: _Booking) -> None:
+        """Keep the heartbeat renewing what ``b`` holds in Redis (under ``self._lock``)."""
+        if b.leased or b.ahead:
+            self._held.add(b.member)
+        else:
+            self._held.discard(b.member)
 
     def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
         """Book capacity at once, all or nothing across every limit (one round trip)."""
@@ -554,6 +563,9 @@ class RedisRateLimiter:
     # -- delay ------------------------------------------------------------------------------
     def _grant(self, res: Reservation, b: _Booking) -> float:
         with self._lock:
+            if b.ahead:
+                b.ahead = False  # the check that granted it dropped its ahead-of-now record
+                self._track(b)
             if res.state is State.SCHEDULED:
                 res.state = State.GRANTED
                 waited = time.monotonic() - b.created_mono
@@ -589,6 +601,7 @@ class RedisRateLimiter:
             "1" if b.counted else "0",
             *window_args(b.specs),
             *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
+            "1" if b.ahead else "0",
         )
 
     def _delay_op(self, res: Reservation) -> _Op[float]:
@@ -672,6 +685,9 @@ class RedisRateLimiter:
             if not was_settled:
                 self._s["tokens_reserved"] -= res.tokens
             leased = self._release_locked(res, b)
+            if b is not None:
+                b.ahead = False  # the cancel script drops its ahead-of-now record
+                self._track(b)
         if b is None:
             return
         if b.local is not None:
@@ -762,7 +778,7 @@ class RedisRateLimiter:
             self._inflight_local -= 1
         if b is not None and b.leased:
             b.leased = False
-            self._held.discard(b.member)
+            self._track(b)
             return True
         return False
 

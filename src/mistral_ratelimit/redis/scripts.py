@@ -69,6 +69,8 @@ class Keys:
     queue: str
     queue_leases: str
     settled: str
+    ahead: str
+    ahead_data: str
 
     @classmethod
     def for_namespace(cls, prefix: str, namespace: str) -> Keys:
@@ -80,10 +82,21 @@ class Keys:
             f"{tag}:queue",
             f"{tag}:qlease",
             f"{tag}:settled",
+            f"{tag}:ahead",
+            f"{tag}:ahead-data",
         )
 
     def all(self) -> list[str]:
-        return [self.state, self.stats, self.inflight, self.queue, self.queue_leases, self.settled]
+        return [
+            self.state,
+            self.stats,
+            self.inflight,
+            self.queue,
+            self.queue_leases,
+            self.settled,
+            self.ahead,
+            self.ahead_data,
+        ]
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ elseif ARGV[8] == '1' and ARGV[6] == S.epoch then
   rewind_tail(ws, tonumber(ARGV[9]))
   stat('tokens_reserved', -tokens)
 end
+drop_ahead(member)
 stat('requests_cancelled', 1)
 if ARGV[7] == '1' then redis.call('ZREM', KEYS[3], member) end
 save(ws)

@@ -13,6 +13,9 @@
 -- KEYS[4] zset         concurrency queue: member -> arrival ticket
 -- KEYS[5] zset         queue leases: member -> expiry (a dead waiter drops out)
 -- KEYS[6] zset         settled members: member -> expiry (settle/cancel run at most once)
+-- KEYS[7] zset         bookings still ahead of now: member -> owner's lease expiry
+-- KEYS[8] hash         those bookings: member -> msgpack {tokens, requests, n, id, per, slot...}
+--                      so that the bookings of a process that died are given back
 --
 -- Numbers go back to the client as strings: Redis truncates Lua numbers to integers.
 
@@ -253,6 +256,63 @@ local function take_lease(member, lease)
   keep(KEYS[3], lease * 1000 + SLACK_MS)
 end
 
+-- A booking ahead of now is held for its owner by a lease the owner keeps renewing; if the
+-- owner dies, reap() gives its place back (else a dead process's waiters would hold the
+-- budget for as many windows as they were queued ahead).
+local function hold_ahead(member, ws, slots, tokens, requests, lease)
+  local blob = {tokens, requests, #ws}
+  for i, w in ipairs(ws) do
+    blob[#blob + 1] = w.id
+    blob[#blob + 1] = w.per
+    blob[#blob + 1] = slots[i]
+  end
+  redis.call('ZADD', KEYS[7], fmt(S.now + lease), member)
+  redis.call('HSET', KEYS[8], member, cmsgpack.pack(blob))
+  keep(KEYS[7], lease * 1000 + SLACK_MS)
+  keep(KEYS[8], lease * 1000 + SLACK_MS)
+end
+
+local function drop_ahead(member)
+  redis.call('ZREM', KEYS[7], member)
+  redis.call('HDEL', KEYS[8], member)
+end
+
+local function reap(ws, margin)
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', fmt(S.now), 'LIMIT', 0, 50)
+  if #dead == 0 then return end
+  local byid = {}
+  for _, w in ipairs(ws) do byid[w.id] = w end
+  local extra = {}
+  for _, member in ipairs(dead) do
+    local raw = redis.call('HGET', KEYS[8], member)
+    if raw then
+      local b = cmsgpack.unpack(raw)
+      local tokens, requests, n = b[1], b[2], b[3]
+      for i = 1, n do
+        local id, per, slot = b[3 * i + 1], b[3 * i + 2], b[3 * i + 3]
+        local w = byid[id]
+        if not w then
+          local blob = redis.call('HGET', KEYS[1], 'w:' .. id)
+          w = {id = id, per = per, d = per / SLOTS, h = per + margin, dirty = false,
+               tokens = string.sub(id, 1, 1) == 't',
+               ring = blob and cmsgpack.unpack(blob) or {}}
+          byid[id] = w
+          extra[#extra + 1] = w
+        end
+        add(w, slot, -cost_of(w, tokens, requests))
+      end
+      stat('tokens_reserved', -tokens)
+      stat('requests_reaped', 1)
+    end
+    drop_ahead(member)
+  end
+  for _, w in ipairs(extra) do
+    if w.dirty then redis.call('HSET', KEYS[1], 'w:' .. w.id, cmsgpack.pack(w.ring)) end
+  end
+  S.tail = math.huge
+  rewind_tail(ws, math.huge)
+end
+
 -- Book, take a lease when a cap is set, count it; returns the reply for the client.
 local function book_and_reply(ws, member, tokens, requests, maxif, lease, status, count)
   local at, slots, when = book(ws, tokens, requests)
@@ -261,6 +321,7 @@ local function book_and_reply(ws, member, tokens, requests, maxif, lease, status
     return {'exhausted', fmt(when), fmt(S.now), S.epoch, S.dv, tostring(slots)}
   end
   if maxif > 0 then take_lease(member, lease) end
+  if at > S.now then hold_ahead(member, ws, slots, tokens, requests, lease) end
   if count then stat('tokens_reserved', tokens) end
   if at <= S.now then stat('requests_admitted', 1) end
   save(ws)

@@ -5,6 +5,7 @@ local member = ARGV[1]
 local tokens, requests = tonumber(ARGV[2]), tonumber(ARGV[3])
 local maxif, lease, qlease = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local ws = parse_windows(9, tonumber(ARGV[8]), tonumber(ARGV[4]))
+reap(ws, tonumber(ARGV[4]))
 if maxif > 0 then
   trim_leases()
   if redis.call('ZCARD', KEYS[4]) > 0 or redis.call('ZCARD', KEYS[3]) >= maxif then
