@@ -344,6 +344,12 @@ def test_error_stats() -> None:
     assert stats["mean"] < 0  # estimates were low
     assert stats["p95_abs_tokens"] == 5
     assert 0 < stats["p95_abs"] < 1
+    # Cheap-bound estimates over-count by design and are reported apart.
+    cheap = e.estimate("POST", "/v1/conversations", raw, exact=False)
+    e.observe(cheap, Usage(cheap.prompt_tokens // 3, 1, 0), None)
+    after = e.error_stats()
+    assert after["count"] == 4 and after["mean"] == stats["mean"]
+    assert after["cheap_count"] == 1 and after["cheap_mean"] > 1
 
 
 def test_observe_never_raises() -> None:

@@ -49,6 +49,8 @@ class ModelCorrection:
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)
         self._abs_tokens: deque[int] = deque(maxlen=ERROR_WINDOW)
         self._count = 0
+        self._cheap_count = 0
+        self._cheap_sum = 0.0
 
     def factor(self, model: str | None) -> float:
         key = model or ""
@@ -98,21 +100,38 @@ class ModelCorrection:
                 self._log_ratio[key] = previous + weight * (step - previous)
             self._seen[key] = seen + 1
 
-    def record_error(self, estimated: int, actual: int) -> None:
-        """One estimate as sent (after correction) against the server's ``prompt_tokens``."""
+    def record_error(self, estimated: int, actual: int, *, exact: bool = True) -> None:
+        """One estimate as sent (after correction) against the server's ``prompt_tokens``.
+
+        Cheap-bound estimates (``exact=False``) are kept apart: they over-count by design
+        (about 3x for English) and would drown the tokenizer's own error.
+        """
         if actual <= 0 or estimated < 0:
             return
         with self._lock:
+            if not exact:
+                self._cheap_count += 1
+                self._cheap_sum += (estimated - actual) / actual
+                return
             self._count += 1
             self._errors.append((estimated - actual) / actual)
             self._abs_tokens.append(abs(estimated - actual))
 
     def stats(self) -> dict[str, float]:
-        """``count``, ``mean`` (signed relative error), ``mean_abs``, ``p95_abs``, ``p95_abs_tokens``."""
+        """Error of exact estimates against the server's ``prompt_tokens``.
+
+        ``count``, ``mean`` (signed relative error: negative means under-estimates),
+        ``mean_abs``, ``p95_abs`` (relative), ``p95_abs_tokens``; and for cheap-bound
+        estimates ``cheap_count`` and ``cheap_mean``.
+        """
         with self._lock:
             errors = list(self._errors)
             tokens = sorted(self._abs_tokens)
             count = self._count
+            cheap = {
+                "cheap_count": float(self._cheap_count),
+                "cheap_mean": self._cheap_sum / self._cheap_count if self._cheap_count else 0.0,
+            }
         if not errors:
             return {
                 "count": float(count),
@@ -120,10 +139,12 @@ class ModelCorrection:
                 "mean_abs": 0.0,
                 "p95_abs": 0.0,
                 "p95_abs_tokens": 0.0,
+                **cheap,
             }
         abs_sorted = sorted(abs(e) for e in errors)
         idx = min(len(abs_sorted) - 1, math.ceil(0.95 * len(abs_sorted)) - 1)
         return {
+            **cheap,
             "count": float(count),
             "mean": sum(errors) / len(errors),
             "mean_abs": sum(abs_sorted) / len(abs_sorted),

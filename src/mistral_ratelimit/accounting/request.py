@@ -136,7 +136,8 @@ class _Pending:
     key: str  # correction key: model, agent or endpoint
     body_tokens: int  # prompt tokens from the body, before correction
     history_tokens: int
-    learn: bool  # exact count of a body whose history size was known
+    counted: bool  # text counted with Tekken (not the cheap bound or the fallback)
+    learn: bool  # counted, and the history size was known
 
 
 class Estimator:
@@ -345,7 +346,14 @@ class Estimator:
             exact=counted_exactly and reading.exact and history_known,
         )
         self._remember(
-            _Pending(estimate, key, body_tokens, history, counted_exactly and history_known)
+            _Pending(
+                estimate,
+                key,
+                body_tokens,
+                history,
+                counted_exactly,
+                counted_exactly and history_known,
+            )
         )
         return estimate
 
@@ -386,7 +394,9 @@ class Estimator:
             self.history.record(str(conversation_id), size, estimate.model)
         if not has_usage or usage is None:
             return
-        self.correction.record_error(estimate.prompt_tokens, usage.prompt_tokens)
+        # Estimates rebuilt by the caller (e.g. an explicit cost) are judged by their own flag.
+        counted = pending.counted if pending is not None else bool(estimate.exact)
+        self.correction.record_error(estimate.prompt_tokens, usage.prompt_tokens, exact=counted)
         if pending is not None and pending.learn:
             self.correction.observe(
                 pending.key, pending.body_tokens, usage.prompt_tokens - pending.history_tokens
