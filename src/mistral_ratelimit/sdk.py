@@ -1,0 +1,277 @@
+"""The installed ``mistralai`` SDK line, and the pieces that wire this package into it.
+
+Three SDK lines are in use (reference: mistral-wire.md §5):
+
+- 1.x: ``from mistralai import Mistral``, on httpx;
+- 2.x: ``from mistralai.client import Mistral``, on httpx;
+- 3.x: ``from mistralai.client import Mistral``, on httpx2.
+
+The HTTP library is read from the SDK's own ``httpclient`` module rather than from a
+version table, so a future line that switches library again is wired correctly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib
+import importlib.metadata
+import ipaddress
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlsplit
+
+from .lifecycle import EXTENSION_KEY
+
+log = logging.getLogger("mistral_ratelimit")
+
+#: Statuses the lifecycle retries (5xx only on opt-in or for capacity errors).
+RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class SdkLine:
+    """What differs between mistralai releases, resolved once per process."""
+
+    version: str
+    major: int
+    package: str  # "mistralai.client" (2.x, 3.x) or "mistralai" (1.x)
+    mistral_class: type[Any]
+    http: ModuleType  # the module the SDK imports as ``httpx``: httpx or httpx2
+    transport_module: ModuleType  # mistral_ratelimit.httpx or mistral_ratelimit.httpx2
+    retry_config_class: type[Any]
+    backoff_strategy_class: type[Any]
+    sdk_error_class: type[Exception]
+
+    @property
+    def http_name(self) -> str:
+        return self.http.__name__
+
+    def no_retries(self) -> Any:
+        """A ``RetryConfig`` that turns the SDK's own retry loop off.
+
+        Off is already the SDK default (``retry_config=UNSET``); it is set explicitly so
+        that a default changing in a future release cannot multiply our retries by its own.
+        """
+        backoff = self.backoff_strategy_class(1, 1, 1.0, 1)
+        return self.retry_config_class("none", backoff, False)
+
+
+def _import_first(*names: str) -> ModuleType:
+    error: ImportError | None = None
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
+@functools.cache
+def detect_sdk_line() -> SdkLine:
+    """Find the installed ``mistralai`` and the HTTP library it is built on."""
+    try:
+        version = importlib.metadata.version("mistralai")
+    except importlib.metadata.PackageNotFoundError:
+        raise ImportError(
+            "mistral_ratelimit.MistralRatelimitClient needs the mistralai SDK: "
+            "pip install mistralai"
+        ) from None
+    major = int(version.split(".", 1)[0]) if version.split(".", 1)[0].isdigit() else 0
+    # 2.x and later moved everything under mistralai.client; 1.x has it at the top level.
+    package = "mistralai" if major == 1 else "mistralai.client"
+    try:
+        sdk_module = importlib.import_module(f"{package}.sdk")
+    except ImportError:
+        package = "mistralai.client" if package == "mistralai" else "mistralai"
+        sdk_module = importlib.import_module(f"{package}.sdk")
+    httpclient = importlib.import_module(f"{package}.httpclient")
+    http: ModuleType = httpclient.httpx
+    # Imported lazily: each adapter imports its own HTTP library, which may be absent.
+    suffix = "httpx2" if http.__name__ == "httpx2" else "httpx"
+    transport_module = importlib.import_module(f"{__package__}.{suffix}")
+    retries = importlib.import_module(f"{package}.utils.retries")
+    errors = _import_first(f"{package}.errors", f"{package}.models")
+    return SdkLine(
+        version=version,
+        major=major,
+        package=package,
+        mistral_class=sdk_module.Mistral,
+        http=http,
+        transport_module=transport_module,
+        retry_config_class=retries.RetryConfig,
+        backoff_strategy_class=retries.BackoffStrategy,
+        sdk_error_class=errors.SDKError,
+    )
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """True for ``http://127.0.0.1:…``, ``localhost`` and ``[::1]``: a local emulator."""
+    if not url:
+        return False
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- the retry note ---------------------------------------------------------------------
+def attempts_record(response: Any) -> Mapping[str, Any] | None:
+    """What the lifecycle recorded on a delivered response: attempts and seconds waited."""
+    extensions = getattr(response, "extensions", None)
+    record = extensions.get(EXTENSION_KEY) if isinstance(extensions, Mapping) else None
+    return record if isinstance(record, Mapping) else None
+
+
+def retry_note(record: Mapping[str, Any]) -> str:
+    attempts = int(record.get("attempts", 1))
+    waited = float(record.get("waited", 0.0))
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    return (
+        f"mistral-ratelimit: gave up after {tries}, having waited {waited:.1f} s in total "
+        "for the rate limit (raise max_retries or lower your request rate)"
+    )
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    elif hasattr(exc, "message"):  # pragma: no cover - Python 3.10: the SDK's str() is .message
+        object.__setattr__(exc, "message", f"{exc.message}\n{note}")
+
+
+class RetryNoteHook:
+    """An SDK ``after_error`` hook: a 429 (or retried 5xx) that still failed after our
+    retries raises the SDK's own ``SDKError``, with a note saying how long the client
+    waited and how many times it tried.
+
+    The SDK raises ``SDKError("API error occurred", response, text)`` for these statuses
+    *after* its hooks ran, leaving no way to annotate it; the hook builds that same error
+    itself and returns it, which the SDK raises in place of its own.
+    """
+
+    def __init__(self, sdk_error_class: type[Exception]) -> None:
+        self._sdk_error = sdk_error_class
+
+    def after_error(
+        self, hook_ctx: Any, response: Any, error: Exception | None
+    ) -> tuple[Any, Exception | None]:
+        if response is None or error is not None:
+            return response, error
+        status = int(getattr(response, "status_code", 0))
+        record = attempts_record(response)
+        if record is None or status not in RETRIED_STATUSES:
+            return response, error
+        if status != 429 and int(record.get("attempts", 1)) < 2:
+            return response, error  # a 5xx we did not retry: nothing to say about waiting
+        try:
+            text = response.text  # the lifecycle read error bodies already
+        except Exception:
+            return response, error
+        exc = self._sdk_error("API error occurred", response, text)
+        add_note(exc, retry_note(record))
+        return None, exc
+
+
+def install_retry_note(sdk: Any, line: SdkLine) -> bool:
+    """Register :class:`RetryNoteHook` on a Mistral SDK object; False if it has no hooks."""
+    hooks = getattr(sdk, "sdk_configuration", None)
+    hooks = getattr(hooks, "__dict__", {}).get("_hooks")
+    register = getattr(hooks, "register_after_error_hook", None)
+    if not callable(register):
+        log.debug("this mistralai SDK has no after_error hooks; retry notes are off")
+        return False
+    register(RetryNoteHook(line.sdk_error_class))
+    return True
+
+
+# -- an async connection pool per event loop ----------------------------------------------
+def _current_loop() -> Any:
+    """The running asyncio loop or trio run, or None outside async code."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_trio_token()
+        except RuntimeError:
+            pass
+    return None
+
+
+def _loop_finished(loop: Any) -> bool:
+    is_closed = getattr(loop, "is_closed", None)
+    if callable(is_closed):
+        return bool(is_closed())
+    try:  # a trio token refuses new work once its run has ended
+        loop.run_sync_soon(lambda: None)
+    except Exception:
+        return True
+    return False
+
+
+class LoopLocalAsyncTransport:
+    """An async transport that keeps one connection pool per event loop.
+
+    A pooled connection belongs to the loop that opened it; reusing it from a later
+    ``asyncio.run()`` raises ``RuntimeError: Event loop is closed`` in httpx and httpx2
+    alike. The facade's async client must survive being used from several loops (a script
+    that calls ``asyncio.run`` twice, or threads each running their own loop), so each
+    loop gets its own inner transport; pools of finished loops are dropped, since their
+    sockets can no longer be closed from any loop.
+    """
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._lock = threading.Lock()
+        self._by_loop: dict[int, tuple[Any, Any]] = {}
+
+    def _transport(self) -> Any:
+        loop = _current_loop()
+        with self._lock:
+            entry = self._by_loop.get(id(loop))
+            if entry is not None and entry[0] is loop:
+                return entry[1]
+            for key, (other, _) in list(self._by_loop.items()):
+                if other is None or _loop_finished(other):
+                    del self._by_loop[key]
+            transport = self._factory()
+            self._by_loop[id(loop)] = (loop, transport)
+            return transport
+
+    async def handle_async_request(self, request: Any) -> Any:
+        return await self._transport().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        loop = _current_loop()
+        with self._lock:
+            entries, self._by_loop = self._by_loop, {}
+        for other, transport in entries.values():
+            if other is loop:
+                await transport.aclose()
+
+    def __repr__(self) -> str:
+        return f"LoopLocalAsyncTransport(loops={len(self._by_loop)})"
+
+
+__all__ = [
+    "LoopLocalAsyncTransport",
+    "RetryNoteHook",
+    "SdkLine",
+    "attempts_record",
+    "detect_sdk_line",
+    "install_retry_note",
+    "is_loopback_url",
+    "retry_note",
+]
