@@ -178,6 +178,17 @@ def test_agents_crud_and_agent_conversation(client: Mistral) -> None:
         listed = client.beta.agents.list()
     assert agent.id in {a.id for a in listed}
 
+    if hasattr(client.beta.agents, "list_pages"):
+        others = [client.beta.agents.create(model="m", name=f"n{i}").id for i in range(3)]
+        page = client.beta.agents.list_pages(page_size=2)
+        seen = [a.id for a in page.result.data]
+        assert page.result.next_page_token is not None
+        while (page := page.next()) is not None:  # type: ignore[assignment]
+            seen.extend(a.id for a in page.result.data)
+        assert len(seen) == len(set(seen)) and {agent.id, *others} <= set(seen)
+        for other in others:
+            client.beta.agents.delete(agent_id=other)
+
     resp = client.beta.conversations.start(agent_id=agent.id, inputs="hi")
     assert resp.outputs[0].content == "OK"  # type: ignore[union-attr]
     conv = client.beta.conversations.get(conversation_id=resp.conversation_id)

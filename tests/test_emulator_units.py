@@ -248,3 +248,15 @@ def test_fault_plan_queue_every_nth_and_probability() -> None:
         Fault("server_error", status=404)
     with pytest.raises(ValueError):
         FaultRule(Fault("capacity"), probability=2)
+
+
+def test_request_log_bound_drops_the_oldest() -> None:
+    from mistral_ratelimit.emulator.log import RequestLog, RequestRecord
+
+    log = RequestLog(max_records=3)
+    for i in range(5):
+        rec = log.open(RequestRecord(float(i), float(i), "GET", f"/v1/{i}", admitted=True))
+        log.charge(rec, float(i), prompt=10)
+    assert [r.path for r in log] == ["/v1/2", "/v1/3", "/v1/4"]
+    assert log.tokens_between(0, 10) == 50  # charges are kept longer (4x) than records
+    assert log.max_in_window(1.5) == 2

@@ -131,7 +131,7 @@ class EmulatorState:
         self.lock = threading.Lock()
         self.limits: LimitSet = config.build_limits(time.monotonic())
         self.inflight = 0
-        self.log = RequestLog()
+        self.log = RequestLog(config.max_log_records)
         self.store = Store()
 
     def reset(self) -> None:
@@ -300,6 +300,7 @@ class EmulatorApp:
             Route("/v1/conversations/{cid}/messages", self.messages, methods=["GET"]),
             Route("/v1/agents", self.create_agent, methods=["POST"]),
             Route("/v1/agents", self.list_agents, methods=["GET"]),
+            Route("/v1/agents/pages", self.list_agent_pages, methods=["GET"]),
             Route("/v1/agents/{aid}", self.get_agent, methods=["GET"]),
             Route("/v1/agents/{aid}", self.update_agent, methods=["PATCH"]),
             Route("/v1/agents/{aid}", self.delete_agent, methods=["DELETE"]),
@@ -417,6 +418,23 @@ class EmulatorApp:
         except ValueError:
             return validation_error(["query", "page"], "Input should be a valid integer")
         return JSONResponse(self.state.store.list_agents(max(0, page), max(1, page_size)))
+
+    async def list_agent_pages(self, request: Request) -> Response:
+        """Cursor pages (``AgentListPage``); the cursor is an opaque offset."""
+        try:
+            page_size = max(1, int(request.query_params.get("page_size", 20)))
+            offset = int(request.query_params.get("page_token") or 0)
+        except ValueError:
+            return validation_error(["query", "page_token"], "Invalid page token")
+        agents = self.state.store.list_agents(0, offset + page_size + 1)[offset:]
+        more = len(agents) > page_size
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": agents[:page_size],
+                "next_page_token": str(offset + page_size) if more else None,
+            }
+        )
 
     async def get_agent(self, request: Request) -> Response:
         agent = self.state.store.get_agent(request.path_params["aid"])

@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         time_to_first_token=args.ttft,
         retry_after=args.retry_after,
         seed=args.seed,
+        max_log_records=100_000,  # a long-running server must not grow without bound
     )
     logging.getLogger(__name__).info("emulator limits: %r", config)
     print(f"mistral-ratelimit emulator on http://{args.host}:{args.port}", flush=True)

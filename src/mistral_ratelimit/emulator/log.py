@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -34,13 +35,19 @@ class RequestRecord:
 
 
 class RequestLog:
-    """Append-only and thread-safe. Reading returns copies, never live records."""
+    """Append-only and thread-safe. Reading returns copies, never live records.
 
-    def __init__(self) -> None:
+    ``max_records`` bounds memory for a long-running server: the oldest records (and token
+    charges) are dropped first. Unbounded by default, for tests and benchmarks.
+    """
+
+    def __init__(self, max_records: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._records: list[RequestRecord] = []
+        self._records: deque[RequestRecord] = deque(maxlen=max_records)
         #: (time.monotonic(), tokens) for every token charge, at the moment it was made.
-        self._charges: list[tuple[float, int]] = []
+        self._charges: deque[tuple[float, int]] = deque(
+            maxlen=None if max_records is None else 4 * max_records
+        )
 
     def open(self, record: RequestRecord) -> RequestRecord:
         with self._lock:

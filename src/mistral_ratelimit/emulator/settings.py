@@ -50,6 +50,8 @@ class EmulatorConfig:
     seed: int = 0
     reply: ReplyShape = field(default_factory=ReplyShape)
     default_model: str = "mistral-medium-latest"
+    #: Bound on ``Emulator.log`` (oldest dropped first); None keeps every record.
+    max_log_records: int | None = None
 
     def __post_init__(self) -> None:
         for name in (

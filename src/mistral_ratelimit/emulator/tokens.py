@@ -2,14 +2,17 @@
 
 The text itself is counted by the project's tokenizer (``accounting.tokenizer``), imported
 at call time so this module never loads the vocabulary before it is needed. The overhead
-follows the shape of Mistral's instruct template (mistral_common, tekken v3+):
+follows the shape of Mistral's instruct templates (mistral_common, Tekken v7+):
 
-    <s>[AVAILABLE_TOOLS]tools json[/AVAILABLE_TOOLS][INST]system\\n\\nuser[/INST]reply</s>
+    <s>[SYSTEM_PROMPT]instructions[/SYSTEM_PROMPT][AVAILABLE_TOOLS]tools json
+    [/AVAILABLE_TOOLS][INST]user[/INST]reply</s>
 
 so: one BOS per request, ``[INST]``/``[/INST]`` around each user message, an EOS after
-each assistant message, two control tokens around the tools block and around each tool
-call or result. The numbers are a close, documented model, not a promise of identity with
-the live service.
+each assistant message, two control tokens around the instructions, the tools block and
+each tool call or result. It is written independently of the client's estimator
+(``accounting``), so the demo's estimate error measures something; the two agree to a token
+or two per request. The numbers are a close, documented model, not a promise of identity
+with the live service.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 BOS = 1
 USER_MESSAGE = 2  # [INST] ... [/INST]
 ASSISTANT_MESSAGE = 1  # </s>
-INSTRUCTIONS = 2  # "\n\n" joining the system prompt to the last user message
+INSTRUCTIONS = 2  # [SYSTEM_PROMPT] ... [/SYSTEM_PROMPT]
 TOOLS_BLOCK = 2  # [AVAILABLE_TOOLS] ... [/AVAILABLE_TOOLS]
 TOOL_CALL = 4  # [TOOL_CALLS] + the JSON wrapper around name and arguments
 TOOL_RESULT = 4  # [TOOL_RESULTS] ... [/TOOL_RESULTS] + the call id marker
