@@ -3,6 +3,7 @@
 from .config import Limit, RatelimitConfig
 from .errors import BackendUnavailable, BudgetExhausted, RatelimitError, RequestTooLarge
 from .limiter import Limiter, LimiterStats, RateLimiter, Reservation
+from .mistral import MissingApiKey, MistralRatelimitClient
 
 __all__ = [
     "BackendUnavailable",
@@ -10,6 +11,8 @@ __all__ = [
     "Limit",
     "Limiter",
     "LimiterStats",
+    "MissingApiKey",
+    "MistralRatelimitClient",
     "RateLimiter",
     "RatelimitConfig",
     "RatelimitError",
