@@ -759,14 +759,19 @@ class EmulatorApp:
 
 
 class _DropAbruptCut(logging.Filter):
-    """uvicorn logs an app exception with a traceback; an emulated cut is not an error."""
+    """uvicorn logs an app exception with a traceback. An emulated cut is not an error, nor
+    is a stream cancelled because the emulator is stopping."""
+
+    quiet = (AbruptCut, asyncio.CancelledError)
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        group = getattr(exc, "exceptions", None)  # an ExceptionGroup from a task group
-        if isinstance(group, tuple) and group:
-            return not all(isinstance(e, AbruptCut) for e in group)
-        return not isinstance(exc, AbruptCut)
+        seen: list[BaseException] = []
+        while exc is not None and len(seen) < 10:  # the cause chain, and task groups
+            seen.append(exc)
+            group = getattr(exc, "exceptions", None)
+            exc = group[0] if isinstance(group, tuple) and group else exc.__context__
+        return not any(isinstance(e, self.quiet) for e in seen)
 
 
 def quiet_abrupt_cuts() -> None:
