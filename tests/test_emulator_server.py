@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import time
 from collections.abc import Iterator
 
@@ -223,7 +224,9 @@ def _stream_events(client: httpx.Client, **extra: object) -> list[tuple[str, dic
         return parse_sse(r.iter_lines())
 
 
-def test_stream_cut_and_stream_error(emu: Emulator, client: httpx.Client) -> None:
+def test_stream_cut_and_stream_error(
+    emu: Emulator, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
     emu.inject(Fault("stream_cut", after_chunks=2))
     events = _stream_events(client, text="write a long answer please " * 5)
     assert [n for n, _ in events] == [
@@ -240,6 +243,8 @@ def test_stream_cut_and_stream_error(emu: Emulator, client: httpx.Client) -> Non
     ):
         for _ in r.iter_lines():
             pass
+    # An emulated cut is not a server error: no traceback in the logs.
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR]
     emu.inject(Fault("stream_error", after_chunks=1))
     events = _stream_events(client)
     assert events[-1][0] == "conversation.response.error"
