@@ -61,6 +61,7 @@ class Connections:
         *,
         socket_timeout: float,
         connect_timeout: float,
+        max_connections: int,
     ) -> None:
         self._source = source
         self._user_async = async_client
@@ -68,6 +69,7 @@ class Connections:
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
         }
+        self._max_connections = max_connections
         self._sources = script_sources()
         self._build()
 
@@ -78,13 +80,27 @@ class Connections:
         if isinstance(source, str):
             # No retries inside redis-py: a script whose reply was lost must not be sent again
             # behind our back; the limiter's own policy decides (on_backend_error).
-            self.sync: AnyClient = redis.Redis.from_url(
-                source, retry=redis.retry.Retry(NoBackoff(), 0), **self._timeouts
+            # A blocking pool: callers beyond max_connections wait for a connection instead
+            # of failing with MaxConnectionsError (which is not an outage).
+            self.sync: AnyClient = redis.Redis(
+                connection_pool=redis.BlockingConnectionPool.from_url(
+                    source,
+                    max_connections=self._max_connections,
+                    timeout=None,
+                    retry=redis.retry.Retry(NoBackoff(), 0),
+                    **self._timeouts,
+                )
             )
             self._owned_sync = True
         elif isinstance(source, redis.asyncio.Redis):
             self._user_async = self._user_async or source
-            self.sync = redis.Redis(**self._sync_kwargs_from(source))
+            self.sync = redis.Redis(
+                connection_pool=redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
+                    max_connections=self._max_connections,
+                    timeout=None,
+                    **self._sync_kwargs_from(source),
+                )
+            )
             self._owned_sync = True
         else:
             self.sync = source
@@ -130,26 +146,41 @@ class Connections:
 
     def _derive_async(self) -> AnyClient | None:
         if isinstance(self._source, str):
-            return redis.asyncio.Redis.from_url(
-                self._source, retry=redis.asyncio.retry.Retry(NoBackoff(), 0), **self._timeouts
+            pool = redis.asyncio.BlockingConnectionPool.from_url(
+                self._source,
+                max_connections=self._max_connections,
+                timeout=None,
+                retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+                **self._timeouts,
             )
-        pool = getattr(self.sync, "connection_pool", None)
-        if pool is None:  # Redis Cluster: pass async_client=, else a worker thread is used
+            return redis.asyncio.Redis(connection_pool=pool)
+        sync_pool = getattr(self.sync, "connection_pool", None)
+        if sync_pool is None:  # Redis Cluster: pass async_client=, else a worker thread is used
             return None
-        kwargs = pool.connection_kwargs
+        kwargs = sync_pool.connection_kwargs
         out = {k: kwargs[k] for k in _SHARED_KWARGS if k in kwargs}
         out["retry"] = redis.asyncio.retry.Retry(NoBackoff(), 0)
-        cls = pool.connection_class
+        cls = sync_pool.connection_class
+        conn_class: type[Any]
         if issubclass(cls, redis.connection.UnixDomainSocketConnection):
             out.pop("host", None)
             out.pop("port", None)
-            out["unix_socket_path"] = kwargs.get("path")
+            out["path"] = kwargs.get("path")
+            conn_class = redis.asyncio.UnixDomainSocketConnection
         elif issubclass(cls, redis.connection.SSLConnection):
-            out["ssl"] = True
             out.update({k: kwargs[k] for k in _SSL_KWARGS if k in kwargs})
-        elif not issubclass(cls, redis.connection.Connection):
+            conn_class = redis.asyncio.SSLConnection
+        elif issubclass(cls, redis.connection.Connection):
+            conn_class = redis.asyncio.Connection
+        else:
             return None
-        return redis.asyncio.Redis(**out)
+        pool = redis.asyncio.BlockingConnectionPool(
+            max_connections=self._max_connections,
+            timeout=None,
+            connection_class=conn_class,
+            **out,
+        )
+        return redis.asyncio.Redis(connection_pool=pool)
 
     @staticmethod
     def _sync_kwargs_from(client: AnyClient) -> dict[str, Any]:
@@ -161,10 +192,11 @@ class Connections:
         if issubclass(cls, redis.asyncio.connection.UnixDomainSocketConnection):
             out.pop("host", None)
             out.pop("port", None)
-            out["unix_socket_path"] = kwargs.get("path")
+            out["path"] = kwargs.get("path")
+            out["connection_class"] = redis.connection.UnixDomainSocketConnection
         elif issubclass(cls, redis.asyncio.connection.SSLConnection):
-            out["ssl"] = True
             out.update({k: kwargs[k] for k in _SSL_KWARGS if k in kwargs})
+            out["connection_class"] = redis.connection.SSLConnection
         return out
 
     # -- closing ------------------------------------------------------------------------------

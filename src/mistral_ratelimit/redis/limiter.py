@@ -54,6 +54,8 @@ _TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAG
 
 
 def _is_backend_error(exc: BaseException) -> bool:
+    if isinstance(exc, redis.exceptions.MaxConnectionsError):
+        return False  # a full pool of the caller's own client: not an outage
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
         return True
     if isinstance(exc, redis.exceptions.NoScriptError):
@@ -170,6 +172,7 @@ class RedisRateLimiter:
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         probe_interval: float = 1.0,
+        max_connections: int = 32,
         async_client: AnyClient | None = None,
     ) -> None:
         if on_backend_error not in ("wait", "local", "fail"):
@@ -210,6 +213,7 @@ class RedisRateLimiter:
             async_client,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
+            max_connections=max_connections,
         )
         self._after_seconds = 2.0
         self._init_process_state()

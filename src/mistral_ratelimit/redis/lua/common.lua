@@ -278,7 +278,7 @@ local function drop_ahead(member)
 end
 
 local function reap(ws, margin)
-  local dead = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', fmt(S.now), 'LIMIT', 0, 50)
+  local dead = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', fmt(S.now), 'LIMIT', 0, 500)
   if #dead == 0 then return end
   local byid = {}
   for _, w in ipairs(ws) do byid[w.id] = w end
