@@ -375,3 +375,52 @@ def test_sequential_client_never_meets_its_own_finished_request() -> None:
         codes = [start(c).status_code for _ in range(30)]
         assert codes == [200] * 30
         assert all(r.finished is not None for r in emu.log)
+
+
+def test_cli_serve_binds_loopback_and_enforces_its_flags() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mistral_ratelimit.cli",
+            "serve",
+            "--port",
+            "0",
+            "--rps",
+            "5",
+            "--tpm",
+            "1000",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.rsplit(" ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+        r = httpx.get(f"{url}/v1/models", timeout=10)
+        assert r.status_code == 200
+        assert r.headers["x-ratelimit-limit-req-minute"] == "300"
+        assert r.headers["x-ratelimit-limit-tokens-minute"] == "1000"
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
+        assert proc.wait(timeout=10) == 0
+
+
+def test_importing_the_library_does_not_import_the_server_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mistral_ratelimit, mistral_ratelimit.cli, mistral_ratelimit.emulator;"
+        "assert 'starlette' not in sys.modules and 'uvicorn' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -67,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
         max_log_records=100_000,  # a long-running server must not grow without bound
     )
     logging.getLogger(__name__).info("emulator limits: %r", config)
-    print(f"mistral-ratelimit emulator on http://{args.host}:{args.port}", flush=True)
-    serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
+        pass
     return 0
 
 

@@ -189,13 +189,18 @@ class Emulator:
 def serve(
     config: EmulatorConfig, *, host: str = "127.0.0.1", port: int = 8787, log_level: str = "info"
 ) -> None:
-    """Serve in the foreground until interrupted (``mistral-ratelimit serve``)."""
+    """Serve in the foreground until interrupted (``mistral-ratelimit serve``).
+
+    Prints the URL (with the real port when ``port`` is 0) on stdout once bound.
+    """
     quiet_abrupt_cuts()
     app = EmulatorApp(config)
     server = uvicorn.Server(
         uvicorn_config(app, log_level=log_level, access_log=True, configure_logging=True)
     )
     sock = _bind(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"mistral-ratelimit emulator on http://{shown}:{sock.getsockname()[1]}", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
