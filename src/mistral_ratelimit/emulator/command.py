@@ -6,6 +6,7 @@ Argument definitions import nothing heavy; Starlette and uvicorn load only when 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
@@ -67,10 +68,9 @@ def run(args: argparse.Namespace) -> int:
         max_log_records=100_000,  # a long-running server must not grow without bound
     )
     logging.getLogger(__name__).info("emulator limits: %r", config)
-    try:
+    # uvicorn re-raises Ctrl-C after its graceful shutdown; that is a normal stop here.
+    with contextlib.suppress(KeyboardInterrupt):
         serve(config, host=args.host, port=args.port, log_level=args.log_level)
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown
-        pass
     return 0
 
 
