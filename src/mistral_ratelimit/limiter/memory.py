@@ -85,7 +85,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._poll = poll_interval
         self._lock = threading.Lock()
         self._tail = -math.inf
-        # Bookings still ahead of the clock, in booking order (so ``at`` never decreases).
+        # Bookings not yet collected by their caller, in booking order (``at`` never decreases).
         # When the newest ones are cancelled the tail steps back to the newest live one:
         # a cancelled reservation gives back its place in time, not only its capacity.
         self._ahead: collections.deque[tuple[float, Reservation]] = collections.deque()
@@ -144,8 +144,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         res.at = at
         res.state = State.SCHEDULED
         self._tail = at
-        while self._ahead and self._ahead[0][0] <= now:
-            self._ahead.popleft()
+        self._forget_gone(now)
         self._ahead.append((at, res))
         self._s["tokens_reserved"] += res.tokens
 
@@ -158,6 +157,17 @@ class RateLimiter(SyncBackedAsyncMixin):
             if w is not None and w.has_slot(key):
                 w.add_to_slot(key, -self._cost(w, res))
         res.slots = {}
+
+    def _forget_gone(self, now: float) -> None:
+        """Drop bookings that went or were cancelled, oldest first. One never collected
+        (reserved, then abandoned) is dropped once its every window has passed."""
+        horizon = max((w.horizon for w in self._windows), default=0.0)
+        while self._ahead:
+            at, res = self._ahead[0]
+            waiting = res.state is State.SCHEDULED and res.at == at
+            if waiting and at + horizon >= now:
+                return
+            self._ahead.popleft()
 
     def _retreat_tail(self) -> None:
         """Step the tail back past bookings that were cancelled or re-booked."""
@@ -230,19 +240,22 @@ class RateLimiter(SyncBackedAsyncMixin):
     def cancel(self, res: Reservation) -> None:
         """Give back everything the reservation took. Safe to call more than once."""
         with self._lock:
-            if res.state is State.CANCELLED:
-                return
-            if res.state is State.QUEUED:
-                with contextlib.suppress(ValueError):
-                    self._queue.remove(res)
-            elif not res.settled:
-                self._unbook(res)
-                self._s["tokens_reserved"] -= res.tokens
-            res.state = State.CANCELLED
-            self._retreat_tail()
-            res.settled = True
-            self._s["requests_cancelled"] += 1
-            self._release_locked(res)
+            self._cancel_locked(res)
+
+    def _cancel_locked(self, res: Reservation) -> None:
+        if res.state is State.CANCELLED:
+            return
+        if res.state is State.QUEUED:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(res)
+        elif not res.settled:
+            self._unbook(res)
+            self._s["tokens_reserved"] -= res.tokens
+        res.state = State.CANCELLED
+        self._retreat_tail()
+        res.settled = True
+        self._s["requests_cancelled"] += 1
+        self._release_locked(res)
 
     def settle(self, res: Reservation, actual_tokens: float) -> None:
         """Correct the token charge to what the server reported. Only the first call counts."""
@@ -293,9 +306,38 @@ class RateLimiter(SyncBackedAsyncMixin):
         s = seconds if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
         s = min(max(0.0, float(s)), MAX_PAUSE_SECONDS)
         with self._lock:
-            self._paused_until = max(self._paused_until, self._clock() + s)
+            now = self._clock()
+            self._paused_until = max(self._paused_until, now + s)
             if rate_limited:
                 self._s["rate_limited_seen"] += 1
+            self._rebook_behind_pause(now)
+
+    def _rebook_behind_pause(self, now: float) -> None:
+        """Move waiting bookings behind the pause now, in their order.
+
+        Re-booking each one lazily when its caller wakes would put it behind everyone who
+        arrived during the pause: arrival order lost, and under repeated 429s a waiter
+        could be pushed back again and again.
+        """
+        moving: list[Reservation] = []
+        for at, res in self._ahead:
+            live = res.state is State.SCHEDULED and res.at == at
+            if live and (moving or at < self._paused_until):
+                moving.append(res)
+        if not moving:
+            return
+        for res in moving:
+            self._unbook(res)
+            self._s["tokens_reserved"] -= res.tokens
+        moved = {id(res) for res in moving}
+        self._ahead = collections.deque(e for e in self._ahead if id(e[1]) not in moved)
+        self._retreat_tail()
+        for res in moving:
+            try:
+                self._schedule(res, now)
+            except BudgetExhausted:
+                self._s["tokens_reserved"] += res.tokens  # _cancel_locked takes it off again
+                self._cancel_locked(res)
 
     def pause_until(self, t: float) -> None:
         """Hold every caller back until ``t`` on this limiter's clock (see :meth:`now`)."""
