@@ -175,9 +175,10 @@ class RetryNoteHook:
             return response, error  # a 5xx we did not retry: nothing to say about waiting
         try:
             text = response.text  # the lifecycle read error bodies already
-        except Exception:
+            exc = self._sdk_error("API error occurred", response, text)
+        except Exception:  # an SDK whose error class is built differently: leave it be
+            log.debug("could not build the SDK's error; no retry note", exc_info=True)
             return response, error
-        exc = self._sdk_error("API error occurred", response, text)
         add_note(exc, retry_note(record))
         return None, exc
 
