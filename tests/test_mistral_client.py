@@ -371,3 +371,18 @@ def test_request_body_reaches_the_server_unchanged() -> None:
     body = json.loads(rec.requests[0].content)
     assert body["inputs"] == "What is the capital of France?"
     assert body["completion_args"] == {"max_tokens": 64}
+
+
+def test_the_note_hook_leaves_an_error_it_cannot_rebuild() -> None:
+    from mistral_ratelimit.sdk import RetryNoteHook
+
+    class OddError(Exception):
+        def __init__(self, status_code: int) -> None:  # not the (message, response, body) shape
+            super().__init__(status_code)
+
+    response = http.Response(429, json=RATE_LIMITED)
+    response.extensions["mistral_ratelimit"] = {"attempts": 2, "waited": 1.0}
+    hook = RetryNoteHook(OddError)
+    assert hook.after_error(None, response, None) == (response, None)
+    result, err = RetryNoteHook(SDKError).after_error(None, response, None)
+    assert result is None and isinstance(err, SDKError)

@@ -338,3 +338,48 @@ def test_a_limiter_shared_by_two_clients_and_a_plain_sdk(server: Emulator) -> No
         asyncio.run(b.beta.conversations.start_async(inputs="b", model=MODEL))
     assert limiter.stats().requests_admitted == 2
     assert len(server.log.admitted()) == 2
+
+
+def test_history_learnt_by_sync_calls_is_known_to_async_calls(server: Emulator) -> None:
+    client, _, _ = client_for(server)
+    with client:
+        reply = client.beta.conversations.start(inputs="Remember this.", model=MODEL)
+        known = client.estimator.history.get(reply.conversation_id)
+        assert known is not None  # learnt from the sync response...
+
+        async def append() -> Any:
+            return await client.beta.conversations.append_async(
+                conversation_id=reply.conversation_id, inputs="What did I say?"
+            )
+
+        again = asyncio.run(append())
+        grown = client.estimator.history.get(reply.conversation_id)
+    # ...and grown by the async one: the same estimator saw both.
+    assert grown is not None
+    assert again.usage.prompt_tokens > reply.usage.prompt_tokens
+    assert grown.tokens > known.tokens
+
+
+def test_threads_each_running_their_own_event_loop(server: Emulator) -> None:
+    client, _, aspy = client_for(server)
+    failures: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        async def two() -> None:
+            for i in range(2):
+                await client.beta.conversations.start_async(inputs=f"{n}.{i}", model=MODEL)
+
+        try:
+            asyncio.run(two())
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    with client:
+        workers = [threading.Thread(target=worker, args=(n,)) for n in range(3)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert failures == []
+    assert len(aspy.seen) == 6
+    assert len(server.log.admitted()) == 6
