@@ -420,3 +420,21 @@ def test_arrival_order_survives_pauses(sc: Scenario, steps: list[Op]) -> None:
     run.apply(Grant())
     ats = [e.res.at for e in run.live()]
     assert ats == sorted(ats)
+
+
+def test_finished_reservations_are_not_kept() -> None:
+    """Bookings settled, released or cancelled without ever calling delay() are forgotten,
+    even under a monthly window (white-box: the engine's bookkeeping stays small)."""
+    clock = FakeClock()
+    cfg = RatelimitConfig(api_key="sk-test", tokens_per_month=10**12)
+    limiter = RateLimiter(cfg, clock=clock)
+    for i in range(2_000):
+        res = limiter.reserve(1)
+        if i % 3 == 0:
+            limiter.settle(res, 1)
+        elif i % 3 == 1:
+            limiter.release(res)
+        else:
+            limiter.cancel(res)
+        clock.advance(1.0)
+    assert len(limiter._ahead) <= 2

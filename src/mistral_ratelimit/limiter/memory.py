@@ -158,14 +158,23 @@ class RateLimiter(SyncBackedAsyncMixin):
                 w.add_to_slot(key, -self._cost(w, res))
         res.slots = {}
 
+    @staticmethod
+    def _waiting(at: float, res: Reservation) -> bool:
+        """Whether a booking made at ``at`` still waits for its caller to go."""
+        return (
+            res.state is State.SCHEDULED and res.at == at and not res.settled and not res.released
+        )
+
     def _forget_gone(self, now: float) -> None:
-        """Drop bookings that went or were cancelled, oldest first. One never collected
-        (reserved, then abandoned) is dropped once its every window has passed."""
-        horizon = max((w.horizon for w in self._windows), default=0.0)
+        """Drop bookings that went, finished or were cancelled, oldest first. One never
+        collected (reserved, then abandoned) is dropped once its short windows have passed."""
+        horizon = max(
+            (w.horizon for w in self._windows if w.limit.per_seconds < LONG_WINDOW_SECONDS),
+            default=0.0,
+        )
         while self._ahead:
             at, res = self._ahead[0]
-            waiting = res.state is State.SCHEDULED and res.at == at
-            if waiting and at + horizon >= now:
+            if self._waiting(at, res) and at + horizon >= now:
                 return
             self._ahead.popleft()
 
@@ -321,8 +330,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         """
         moving: list[Reservation] = []
         for at, res in self._ahead:
-            live = res.state is State.SCHEDULED and res.at == at
-            if live and (moving or at < self._paused_until):
+            if self._waiting(at, res) and (moving or at < self._paused_until):
                 moving.append(res)
         if not moving:
             return
