@@ -78,25 +78,19 @@ async def arate(fn: Callable[[], Any], seconds: float) -> float:
     return n / elapsed
 
 
+class TightLimiter(RateLimiter):
+    """Reports almost no token room, so every request takes the exact-count path; the
+    windows themselves are huge, so nothing ever waits and only the counting is timed."""
+
+    def token_room(self) -> float | None:
+        return 1.0
+
+
 def limiter_for(regime: str) -> tuple[RateLimiter, RatelimitConfig]:
-    # "tight": a budget whose free room is small next to the cheap bound of one request.
-    tpm = 1e12 if regime == "ample" else 4_000
     cfg = RatelimitConfig(
-        api_key="x", requests_per_second=1e9, tokens_per_minute=tpm, max_retries=0
+        api_key="x", requests_per_second=1e9, tokens_per_minute=1e12, max_retries=0
     )
-    return RateLimiter(cfg, clock=_frozen_clock() if regime == "tight" else time.monotonic), cfg
-
-
-def _frozen_clock() -> Callable[[], float]:
-    # Keeps the tight regime from ever waiting: every settle refunds to ~450 tokens and the
-    # window is emptied between rounds by advancing this clock.
-    state = {"t": 0.0}
-
-    def clock() -> float:
-        state["t"] += 1.0  # one simulated second per call: windows drain, no sleeping
-        return state["t"]
-
-    return clock
+    return (RateLimiter(cfg) if regime == "ample" else TightLimiter(cfg)), cfg
 
 
 def sync_round(seconds: float) -> dict[str, float]:
