@@ -53,7 +53,8 @@ class Acquire:
 
 @dataclass(frozen=True)
 class Send:
-    pass
+    """Send the request; the result is ``(response, lag)`` where ``lag`` is the seconds from
+    the call until the request body was written, or None when the transport cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class Lifecycle:
         self.limiter = limiter
         self.estimator = estimator
         self.config = config
+        self._can_anchor = callable(getattr(limiter, "anchor", None))
 
     def estimate(self, req: RequestView) -> Estimate:
         if req.options.cost is not None:
@@ -160,7 +162,7 @@ class Lifecycle:
 
     def run(self, req: RequestView) -> Steps:
         if req.options.skip:
-            response = yield Send()
+            response, _ = yield Send()
             return Deliver(response, None)
         est = self.estimate(req)
         retries = req.options.max_retries
@@ -171,7 +173,7 @@ class Lifecycle:
             res: Reservation = yield Acquire(est.total)
             waited += max(0.0, res.at - res.created_at)
             try:
-                response = yield Send()
+                response, send_lag = yield Send()
             except BaseException as exc:
                 not_sent = any(k.__name__ in NOT_SENT_ERRORS for k in type(exc).__mro__)
                 if not_sent:
@@ -191,6 +193,10 @@ class Lifecycle:
                     yield Sleep(pause)
                     continue
                 raise
+            if send_lag is not None and self._can_anchor:
+                # The server counts the request when it arrives, which is when it left here
+                # (a cold connection can take tens of ms): count it from then too.
+                yield Call("anchor", (res, send_lag))
             outcome = yield from self._classify(res, est, req, response, attempt, max_retries)
             if isinstance(outcome, Deliver):
                 record_attempts(outcome.response, attempt + 1, waited)

@@ -4,6 +4,7 @@ drive the lifecycle, wrap the response stream. No retry or accounting logic live
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,6 +34,48 @@ def _already_read(outcome: Deliver) -> bool:
     return outcome.observer is not None and bool(
         getattr(outcome.response, "is_stream_consumed", False)
     )
+
+
+#: httpcore's trace event that marks a request fully written (HTTP/1.1 and HTTP/2).
+_SENT_EVENT = "send_request_body.complete"
+
+
+class _SendTimer:
+    """Hooks the ``trace`` extension (httpcore, under httpx and httpx2's HTTPTransport) to
+    learn when the request body really left, keeping any trace hook the caller set."""
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.user_trace = request.extensions.get("trace")
+        self.started = time.monotonic()
+        self.sent: float | None = None
+
+    def lag(self) -> float | None:
+        return None if self.sent is None else max(0.0, self.sent - self.started)
+
+    def restore(self) -> None:
+        if self.user_trace is None:
+            self.request.extensions.pop("trace", None)
+        else:
+            self.request.extensions["trace"] = self.user_trace
+
+    def install_sync(self) -> None:
+        def trace(name: str, info: Any) -> None:
+            if name.endswith(_SENT_EVENT):
+                self.sent = time.monotonic()
+            if self.user_trace is not None:
+                self.user_trace(name, info)
+
+        self.request.extensions["trace"] = trace
+
+    def install_async(self) -> None:
+        async def trace(name: str, info: Any) -> None:
+            if name.endswith(_SENT_EVENT):
+                self.sent = time.monotonic()
+            if self.user_trace is not None:
+                await self.user_trace(name, info)
+
+        self.request.extensions["trace"] = trace
 
 
 def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
@@ -84,7 +127,7 @@ class SyncTransportCore(_Core):
         outcome = drive_sync(
             self.lifecycle.run(_view(request, body, replayable)),
             self.limiter,
-            lambda: self.transport.handle_request(request),
+            lambda: self._send(request),
         )
         if _already_read(outcome):
             assert outcome.observer is not None
@@ -92,6 +135,14 @@ class SyncTransportCore(_Core):
             drive_sync(outcome.observer.finish(), self.limiter, no_send)
             return outcome.response
         return deliver(outcome, SyncStream, self.limiter)
+
+    def _send(self, request: Any) -> tuple[Any, float | None]:
+        timer = _SendTimer(request)
+        timer.install_sync()
+        try:
+            return self.transport.handle_request(request), timer.lag()
+        finally:
+            timer.restore()
 
     def close(self) -> None:
         self.transport.close()
@@ -111,7 +162,7 @@ class AsyncTransportCore(_Core):
         outcome = await drive_async(
             self.lifecycle.run(_view(request, body, replayable)),
             self.limiter,
-            lambda: self.transport.handle_async_request(request),
+            lambda: self._asend(request),
         )
         if _already_read(outcome):
             assert outcome.observer is not None
@@ -119,6 +170,14 @@ class AsyncTransportCore(_Core):
             await drive_async(outcome.observer.finish(), self.limiter, no_asend)
             return outcome.response
         return deliver(outcome, AsyncStream, self.limiter)
+
+    async def _asend(self, request: Any) -> tuple[Any, float | None]:
+        timer = _SendTimer(request)
+        timer.install_async()
+        try:
+            return await self.transport.handle_async_request(request), timer.lag()
+        finally:
+            timer.restore()
 
     async def aclose(self) -> None:
         await self.transport.aclose()
