@@ -89,6 +89,8 @@ class RateLimiter(SyncBackedAsyncMixin):
         # When the newest ones are cancelled the tail steps back to the newest live one:
         # a cancelled reservation gives back its place in time, not only its capacity.
         self._ahead: collections.deque[tuple[float, Reservation]] = collections.deque()
+        self._horizon_for: list[WindowState] | None = None
+        self._horizon = 0.0
         self._paused_until = -math.inf
         self._inflight = 0
         self._queue: collections.deque[Reservation] = collections.deque()
@@ -165,13 +167,21 @@ class RateLimiter(SyncBackedAsyncMixin):
             res.state is State.SCHEDULED and res.at == at and not res.settled and not res.released
         )
 
+    @property
+    def _short_horizon(self) -> float:
+        windows = self._windows
+        if windows is not self._horizon_for:  # discovery resets _horizon_for
+            self._horizon_for = windows
+            self._horizon = max(
+                (w.horizon for w in windows if w.limit.per_seconds < LONG_WINDOW_SECONDS),
+                default=0.0,
+            )
+        return self._horizon
+
     def _forget_gone(self, now: float) -> None:
         """Drop bookings that went, finished or were cancelled, oldest first. One never
         collected (reserved, then abandoned) is dropped once its short windows have passed."""
-        horizon = max(
-            (w.horizon for w in self._windows if w.limit.per_seconds < LONG_WINDOW_SECONDS),
-            default=0.0,
-        )
+        horizon = self._short_horizon
         while self._ahead:
             at, res = self._ahead[0]
             if self._waiting(at, res) and at + horizon >= now:
@@ -319,18 +329,51 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._paused_until = max(self._paused_until, now + s)
             if rate_limited:
                 self._s["rate_limited_seen"] += 1
-            self._rebook_behind_pause(now)
+            self._rebook_waiting(now, only_behind_pause=True)
 
-    def _rebook_behind_pause(self, now: float) -> None:
-        """Move waiting bookings behind the pause now, in their order.
+    def anchor(self, res: Reservation, lag: float) -> None:
+        """The request left ``lag`` seconds after it was granted: count it from then.
+
+        The server counts a request when it arrives. A cold connection or a busy event
+        loop can delay that by more than the window margin, so a granted request is moved
+        to when it really left, and every booking still waiting is re-booked against that
+        (in order), or the next burst would land inside the server's window.
+        """
+        if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag <= self._margin:
+            return
+        with self._lock:
+            if res.state is not State.GRANTED or res.settled:
+                return
+            new_at = res.at + lag - self._margin
+            moved = False
+            for w in self._windows:
+                key = res.slots.get(w.ident)
+                new_key = w.slot_of(new_at)
+                if key is None or key == new_key or not w.has_slot(key):
+                    continue
+                cost = self._cost(w, res)
+                w.add_to_slot(key, -cost)
+                w.add_to_slot(new_key, cost)
+                res.slots[w.ident] = new_key
+                moved = True
+            if moved:
+                res.at = new_at
+                self._s["anchored"] += 1
+                self._rebook_waiting(self._clock(), only_behind_pause=False)
+
+    def _rebook_waiting(self, now: float, *, only_behind_pause: bool) -> None:
+        """Re-book waiting reservations now, in their order: those from the first one
+        caught by the pause onward, or all of them.
 
         Re-booking each one lazily when its caller wakes would put it behind everyone who
-        arrived during the pause: arrival order lost, and under repeated 429s a waiter
-        could be pushed back again and again.
+        arrived meanwhile: arrival order lost, and under repeated 429s a waiter could be
+        pushed back again and again.
         """
         moving: list[Reservation] = []
         for at, res in self._ahead:
-            if self._waiting(at, res) and (moving or at < self._paused_until):
+            if self._waiting(at, res) and (
+                moving or not only_behind_pause or at < self._paused_until
+            ):
                 moving.append(res)
         if not moving:
             return
@@ -398,6 +441,7 @@ class RateLimiter(SyncBackedAsyncMixin):
                             w.add((key + 1) * old.width, amount)
                 self._windows.append(w)
                 self._explicit.append(True)
+            self._horizon_for = None
 
     def record_estimate(self, estimated: float, actual: float) -> None:
         if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):

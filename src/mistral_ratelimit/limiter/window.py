@@ -44,15 +44,14 @@ class WindowState:
     #: Stable identity: reservations name the windows they booked in by it, so a window
     #: replaced by discovery is never confused with the one that took its list position.
     ident: int = field(default_factory=lambda: next(_window_ids))
+    #: Slot width, and how long a charge keeps counting after the end of its slot.
+    #: Computed once: they sit on the hot path of every reservation.
+    width: float = field(init=False)
+    horizon: float = field(init=False)
 
-    @property
-    def width(self) -> float:
-        return self.limit.per_seconds / SLOTS_PER_WINDOW
-
-    @property
-    def horizon(self) -> float:
-        """How long a charge keeps counting after the end of its slot."""
-        return self.limit.per_seconds + self.margin
+    def __post_init__(self) -> None:
+        self.width = self.limit.per_seconds / SLOTS_PER_WINDOW
+        self.horizon = self.limit.per_seconds + self.margin
 
     def slot_of(self, t: float) -> int:
         return math.floor(t / self.width)
