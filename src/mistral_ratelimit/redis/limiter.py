@@ -39,7 +39,7 @@ from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
 from ..limiter.base import LimiterStats, ObservedLimit, Reservation, State
 from ..limiter.memory import LONG_WINDOW_SECONDS, MAX_PAUSE_SECONDS, RateLimiter, clean_amount
 from .connections import AnyClient, Connections
-from .scripts import Keys, WindowSpec, namespace_for, window_args
+from .scripts import Keys, WindowSpec, namespace_for, window_spec
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class _Booking:
 
     member: str
     specs: tuple[WindowSpec, ...]
+    spec: str  # the same windows, as the scripts read them
     created_mono: float
     epoch: str = ""
     leased: bool = False  # holds a lease in the shared in-flight set
@@ -195,8 +196,8 @@ class RedisRateLimiter:
         pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
         self._limits = [lim for lim, _ in pairs]
         self._explicit = [explicit for _, explicit in pairs]
-        self._specs = tuple(WindowSpec.of(lim) for lim in self._limits)
         self._margin = cfg.window_margin if window_margin is None else window_margin
+        self._set_specs()
         self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
         self._mode: BackendErrorMode = on_backend_error
         self._share = float(local_share)
@@ -204,6 +205,7 @@ class RedisRateLimiter:
         self._lease = float(lease_seconds)
         self._queue_lease = max(5.0, 20 * queue_poll)
         self._poll = float(queue_poll)
+        self._lease_arg, self._queue_lease_arg = repr(self._lease), repr(self._queue_lease)
         self._probe = float(probe_interval)
         self.namespace = namespace_for(cfg.api_key, key)
         self._keys = Keys.for_namespace(prefix, self.namespace)
@@ -239,6 +241,13 @@ class RedisRateLimiter:
         self._fallback: RateLimiter | None = None
         self._heartbeat: threading.Thread | None = None
         self._closed = threading.Event()
+
+    def _set_specs(self) -> None:
+        self._specs = tuple(WindowSpec.of(lim) for lim in self._limits)
+        self._spec = window_spec(self._margin, self._specs)
+
+    def _slots(self, res: Reservation, b: _Booking) -> str:
+        return " ".join(str(res.slots.get(i, 0)) for i in range(len(b.specs)))
 
     def _reset_after_fork(self) -> None:
         # A child shares the budget, never the parent's sockets, locks, leases or threads.
@@ -324,7 +333,7 @@ class RedisRateLimiter:
             spent = outage.tokens if lim.unit == "tokens" else outage.requests
             # The fallback never let more than its share through within one window.
             amounts.append(repr(min(spent, lim.amount * self._share)))
-        yield _Eval("charge", (repr(self._margin), *window_args(self._specs), *amounts))
+        yield _Eval("charge", (self._spec, " ".join(amounts)))
         with self._lock:
             if self._outage is outage:
                 self._outage = None
@@ -468,18 +477,17 @@ class RedisRateLimiter:
             b.member,
             repr(res.tokens),
             repr(res.requests),
-            repr(self._margin),
             str(self._max_inflight or 0),
-            repr(self._lease),
-            repr(self._queue_lease),
-            *window_args(b.specs),
+            self._lease_arg,
+            self._queue_lease_arg,
+            b.spec,
         )
 
     def _reserve_op(self, tokens: float, requests: float) -> _Op[Reservation]:
         res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
         self._check_fits(res)
         res.created_at = self.now()
-        b = _Booking(f"{self._proc}:{res.id}", self._specs, time.monotonic())
+        b = _Booking(f"{self._proc}:{res.id}", self._specs, self._spec, time.monotonic())
         res.tag = b.member
         with self._lock:
             self._bookings[res] = b
@@ -491,7 +499,7 @@ class RedisRateLimiter:
             try:
                 if self._outage is not None:
                     yield from self._recovery_steps()
-                reply = yield _Eval("reserve", self._reserve_args(res, b))
+                reply = _text((yield _Eval("reserve", self._reserve_args(res, b)))).split()
             except Exception as exc:
                 wait = self._on_backend_error(exc, since, attempt)
                 if wait is None:
@@ -503,13 +511,13 @@ class RedisRateLimiter:
             return res
 
     def _apply_booking(
-        self, res: Reservation, b: _Booking, reply: list[Any], *, new: bool
+        self, res: Reservation, b: _Booking, reply: list[str], *, new: bool
     ) -> _Op[None]:
-        status = _text(reply[0])
+        status = reply[0]
         at, now = float(reply[1]), float(reply[2])
         self._learn_clock(now)
-        b.epoch = _text(reply[3])
-        dv = _text(reply[4])
+        b.epoch = reply[3]
+        dv = reply[4]
         if status == "exhausted":
             spec = b.specs[int(float(reply[5])) - 1]
             with self._lock:
@@ -596,15 +604,14 @@ class RedisRateLimiter:
             "q" if queued else "s",
             repr(res.tokens),
             repr(res.requests),
-            repr(self._margin),
             str(maxif if queued or b.leased else 0),
-            repr(self._lease),
-            repr(self._queue_lease),
+            self._lease_arg,
+            self._queue_lease_arg,
             repr(res.at),
             b.epoch,
             "1" if b.counted else "0",
-            *window_args(b.specs),
-            *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
+            b.spec,
+            self._slots(res, b),
             "1" if b.ahead else "0",
         )
 
@@ -621,7 +628,7 @@ class RedisRateLimiter:
         if res.state is State.QUEUED:
             # Not booked yet: it books in the windows in force now (discovery may have
             # replaced them), and must still fit them.
-            b.specs = self._specs
+            b.specs, b.spec = self._specs, self._spec
             try:
                 self._check_fits(res)
             except RequestTooLarge:
@@ -638,7 +645,7 @@ class RedisRateLimiter:
         try:
             if self._outage is not None and not self._is_down():
                 yield from self._recovery_steps()
-            reply = yield _Eval("check", self._check_args(res, b))
+            reply = _text((yield _Eval("check", self._check_args(res, b)))).split()
         except Exception as exc:
             if b.failing_since is None:
                 b.failing_since = time.monotonic()
@@ -649,7 +656,7 @@ class RedisRateLimiter:
                 return self._local_delay(res, b)
             return wait  # the caller sleeps it and asks again, still holding the request
         b.failing_since = None
-        status = _text(reply[0])
+        status = reply[0]
         if status == "queued":
             self._learn_clock(float(reply[2]))
             return self._poll
@@ -706,13 +713,12 @@ class RedisRateLimiter:
                     mode,
                     repr(res.tokens),
                     repr(res.requests),
-                    repr(self._margin),
                     b.epoch,
                     "1" if leased else "0",
                     "0" if was_settled else "1",
                     repr(res.at),
-                    *window_args(b.specs),
-                    *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
+                    b.spec,
+                    self._slots(res, b),
                 ),
             )
         )
@@ -748,17 +754,7 @@ class RedisRateLimiter:
                 self._outage.tokens += diff
             return
         reply = yield from self._after(
-            _Eval(
-                "settle",
-                (
-                    b.member,
-                    repr(diff),
-                    repr(self._margin),
-                    b.epoch,
-                    *window_args(b.specs),
-                    *(str(res.slots.get(i, 0)) for i in range(len(b.specs))),
-                ),
-            )
+            _Eval("settle", (b.member, repr(diff), b.epoch, b.spec, self._slots(res, b)))
         )
         if reply is None and diff > 0:
             with self._lock:  # debt Redis did not hear about: charge it when Redis is back
@@ -862,7 +858,7 @@ class RedisRateLimiter:
                     self._limits.append(Limit(o.limit, o.per_seconds, unit))
                     self._explicit.append(True)
             if dropped:
-                self._specs = tuple(WindowSpec.of(lim) for lim in self._limits)
+                self._set_specs()
                 self._fallback = None
             new_ids = {s.id for s in self._specs}
             dropped = [s for s in dropped if s.id not in new_ids]
@@ -904,9 +900,8 @@ class RedisRateLimiter:
             _Eval(
                 "adopt",
                 (
-                    repr(self._margin),
-                    *window_args(self._specs),
-                    *window_args(tuple(dropped)),
+                    self._spec,
+                    window_spec(self._margin, tuple(dropped)),
                     str(count),
                     *obs_args,
                     shared,

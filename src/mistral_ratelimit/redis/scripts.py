@@ -86,8 +86,9 @@ class Keys:
             f"{tag}:ahead-data",
         )
 
-    def all(self) -> list[str]:
-        return [
+    def all(self) -> list[bytes]:
+        """Encoded once: redis-py passes bytes through without work."""
+        names = [
             self.state,
             self.stats,
             self.inflight,
@@ -97,6 +98,7 @@ class Keys:
             self.ahead,
             self.ahead_data,
         ]
+        return [name.encode() for name in names]
 
 
 @dataclass(frozen=True)
@@ -115,12 +117,10 @@ class WindowSpec:
     def id(self) -> str:
         return f"{'t' if self.tokens else 'r'}{self.per_seconds!r}"
 
-    def args(self) -> tuple[str, str, str, str]:
-        return (self.id, repr(self.amount), repr(self.per_seconds), "1" if self.tokens else "0")
+    def words(self) -> str:
+        return f"{self.id} {self.amount!r} {self.per_seconds!r} {'1' if self.tokens else '0'}"
 
 
-def window_args(specs: tuple[WindowSpec, ...]) -> list[str]:
-    out = [str(len(specs))]
-    for spec in specs:
-        out.extend(spec.args())
-    return out
+def window_spec(margin: float, specs: tuple[WindowSpec, ...]) -> str:
+    """All windows as the one string the scripts parse (see ``parse_windows`` in common.lua)."""
+    return " ".join([repr(float(margin)), str(len(specs)), *(s.words() for s in specs)])

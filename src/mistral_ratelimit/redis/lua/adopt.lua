@@ -1,24 +1,20 @@
--- adopt: ARGV margin, n, n windows, k, k dropped windows (replaced by discovery), m,
--- m observations (is_tokens, per_seconds, remaining), discovered limits as JSON ('' none).
+-- adopt: ARGV window spec, dropped windows' spec (replaced by discovery), m, m observations
+-- (is_tokens, per_seconds, remaining), discovered limits as JSON ('' for none).
 load_state()
-local margin = tonumber(ARGV[1])
-local n = tonumber(ARGV[2])
-local ws = parse_windows(3, n, margin)
-local p = 3 + 4 * n
-local k = tonumber(ARGV[p])
-if k > 0 then
+local ws, margin = parse_windows(ARGV[1])
+local dropped = parse_windows(ARGV[2])
+if #dropped > 0 then
   local fresh = {}
   for i, w in ipairs(ws) do
     fresh[i] = redis.call('HEXISTS', KEYS[1], 'w:' .. w.id) == 0
   end
-  local dropped = parse_windows(p + 1, k, margin)
   for i, w in ipairs(ws) do
     if fresh[i] then
       -- Requests booked under a replaced tier default count in the new window too, at
       -- their slot's end: later than they went, so for at least as long (as memory.py).
       for _, old in ipairs(dropped) do
         if old.tokens == w.tokens then
-          local r = old.ring
+          local r = ring(old)
           for j = 1, #r, 2 do
             if r[j + 1] > 0 then add(w, math.floor((r[j] + 1) * old.d / w.d), r[j + 1]) end
           end
@@ -26,9 +22,8 @@ if k > 0 then
       end
     end
   end
-  p = p + 4 * k
 end
-p = p + 1
+local p = 3
 local m = tonumber(ARGV[p])
 for j = 1, m do
   local b = p + 1 + (j - 1) * 3

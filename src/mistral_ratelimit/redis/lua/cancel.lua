@@ -1,23 +1,20 @@
--- cancel: ARGV member, mode ('q' | 's'), tokens, requests, margin, epoch, holds_lease,
--- unbook ('1' when booked and not settled), at, n, then n windows, then n slots.
+-- cancel: ARGV member, mode ('q' | 's'), tokens, requests, epoch, holds_lease, unbook ('1'
+-- when booked and not settled), at, window spec, slots ("k1 k2 ...").
 load_state()
 local member, mode = ARGV[1], ARGV[2]
 if not first_time('c|' .. member) then return {'dup', fmt(S.now)} end
 local tokens, requests = tonumber(ARGV[3]), tonumber(ARGV[4])
-local n = tonumber(ARGV[10])
-local ws = parse_windows(11, n, tonumber(ARGV[5]))
+local ws = parse_windows(ARGV[9])
 if mode == 'q' then
   redis.call('ZREM', KEYS[4], member)
   redis.call('ZREM', KEYS[5], member)
-elseif ARGV[8] == '1' and ARGV[6] == S.epoch then
-  local slots = {}
-  for i = 1, n do slots[i] = tonumber(ARGV[10 + 4 * n + i]) end
-  unbook(ws, slots, tokens, requests)
-  rewind_tail(ws, tonumber(ARGV[9]))
+elseif ARGV[7] == '1' and ARGV[5] == S.epoch then
+  unbook(ws, numbers(ARGV[10]), tokens, requests)
+  rewind_tail(ws, tonumber(ARGV[8]))
   stat('tokens_reserved', -tokens)
 end
 drop_ahead(member)
 stat('requests_cancelled', 1)
-if ARGV[7] == '1' then redis.call('ZREM', KEYS[3], member) end
+if ARGV[6] == '1' then redis.call('ZREM', KEYS[3], member) end
 save(ws)
 return {'ok', fmt(S.now)}

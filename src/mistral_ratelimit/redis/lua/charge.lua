@@ -1,12 +1,11 @@
--- charge (back from a local fallback): ARGV margin, n, n windows, n amounts charged at now.
+-- charge (back from a local fallback): ARGV window spec, amounts ("a1 a2 ...") charged at now.
 load_state()
-local n = tonumber(ARGV[2])
-local ws = parse_windows(3, n, tonumber(ARGV[1]))
+local ws = parse_windows(ARGV[1])
+local amounts = numbers(ARGV[2])
 for i, w in ipairs(ws) do
-  local amount = tonumber(ARGV[2 + 4 * n + i])
-  if amount > 0 then
+  if amounts[i] > 0 then
     prune(w, S.now)
-    add(w, math.floor(S.now / w.d), amount)
+    add(w, math.floor(S.now / w.d), amounts[i])
   end
 end
 save(ws)

@@ -1,12 +1,11 @@
 -- check (the delay round trip): ARGV member, mode ('q' queued | 's' scheduled), tokens,
--- requests, margin, max_inflight, lease_s, queue_lease_s, at, epoch, counted ('1' when the
--- admission was already counted), n, then n windows, then n slots, then held_ahead ('1'|'0').
+-- requests, max_inflight, lease_s, queue_lease_s, at, epoch, counted ('1' when the admission
+-- was already counted), window spec, slots ("k1 k2 ..."), held_ahead ('1' | '0').
 load_state()
 local member, mode = ARGV[1], ARGV[2]
 local tokens, requests = tonumber(ARGV[3]), tonumber(ARGV[4])
-local maxif, lease, qlease = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local n = tonumber(ARGV[12])
-local ws = parse_windows(13, n, tonumber(ARGV[5]))
+local maxif, lease, qlease = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local ws = parse_windows(ARGV[11])
 if mode == 'q' then
   trim_leases()
   queue_up(member, qlease)
@@ -17,33 +16,29 @@ if mode == 'q' then
     return book_and_reply(ws, member, tokens, requests, maxif, lease, 'ok', true)
   end
   save(ws)
-  return {'queued', '0', fmt(S.now), S.epoch, S.dv}
+  return answer('queued', 0)
 end
-local at = tonumber(ARGV[9])
-local lost = ARGV[10] ~= S.epoch
+local at = tonumber(ARGV[8])
+local lost = ARGV[9] ~= S.epoch
 -- Held ahead of now but reaped (its owner looked dead: no lease renewal for a whole lease):
 -- the booking is gone, so it books again rather than go uncounted.
-if not lost and ARGV[12 + 5 * n + 1] == '1' and not redis.call('ZSCORE', KEYS[7], member) then
+if not lost and ARGV[13] == '1' and not redis.call('ZSCORE', KEYS[7], member) then
   lost = true
 end
 if lost or S.pause > at then
   -- A pause (a 429 somewhere) arrived after this booking, or Redis lost its state: book
   -- again behind it, or the request would count at a time the server's window was full.
   drop_ahead(member)
-  if not lost then
-    local slots = {}
-    for i = 1, n do slots[i] = tonumber(ARGV[12 + 4 * n + i]) end
-    unbook(ws, slots, tokens, requests)
-  end
+  if not lost then unbook(ws, numbers(ARGV[12]), tokens, requests) end
   local relisted = 0
   if lost then relisted = maxif end
   -- Counted as admitted when it was booked for "now"; it is not any more.
-  if ARGV[11] == '1' and not lost then stat('requests_admitted', -1) end
+  if ARGV[10] == '1' and not lost then stat('requests_admitted', -1) end
   return book_and_reply(ws, member, tokens, requests, relisted, lease, 'moved', lost)
 end
 if at <= S.now then
-  if ARGV[11] ~= '1' then stat('requests_admitted', 1) end
+  if ARGV[10] ~= '1' then stat('requests_admitted', 1) end
   drop_ahead(member)
 end
 redis.call('HSET', KEYS[1], 'now', fmt(S.now))
-return {'ok', fmt(at), fmt(S.now), S.epoch, S.dv}
+return answer('ok', at)

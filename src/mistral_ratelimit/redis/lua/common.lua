@@ -33,7 +33,7 @@ local S = {}
 
 -- Redis TIME, plus the optional test offset, never behind the last time any script saw.
 local function load_state()
-  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'offset', 'dv')
+  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'offset', 'dv', 'exp')
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(v[5]) or 0)
   local last = tonumber(v[1]) or 0
@@ -44,6 +44,7 @@ local function load_state()
   S.epoch = v[4]
   if not S.epoch then S.epoch = fmt(now) end
   S.dv = v[6] or '0'
+  S.exp = tonumber(v[7]) or 0
   S.horizon = 0
 end
 
@@ -55,40 +56,103 @@ local function keep(key, ms)
   if p == -1 or (p >= 0 and p < ms) then redis.call('PEXPIRE', key, ms) end
 end
 
--- ARGV[p], ARGV[p+1], ... hold n windows of 4 values: id, amount, per_seconds, is_tokens.
-local function parse_windows(p, n, margin)
+local function words(text)
+  local out = {}
+  for w in string.gmatch(text or '', '%S+') do out[#out + 1] = w end
+  return out
+end
+
+local function numbers(text)
+  local out = {}
+  for w in string.gmatch(text or '', '%S+') do out[#out + 1] = tonumber(w) end
+  return out
+end
+
+-- A window spec is one string: "margin n id amount per is_tokens id amount per ...".
+--
+-- Per window the state hash holds: "w:<id>" the ring (msgpack), "t:<id>" its running total,
+-- "f:<id>" its oldest slot, "l:<id>" its newest slot and "a:<id>" what was added to that
+-- newest slot since the ring was last written. Almost every booking lands in the newest
+-- slot of a ring whose oldest slot still counts and which has room: that needs the five
+-- small fields only, and the ring is unpacked (ring(w)) only when a slot starts or expires
+-- or the window is full.
+local function parse_windows(spec)
+  local a = words(spec)
+  local margin, n = tonumber(a[1]), tonumber(a[2])
   local ws, fields = {}, {}
   for i = 1, n do
-    local b = p + (i - 1) * 4
-    local per = tonumber(ARGV[b + 2])
-    ws[i] = {id = ARGV[b], amount = tonumber(ARGV[b + 1]), per = per,
-             tokens = ARGV[b + 3] == '1', d = per / SLOTS, h = per + margin, dirty = false}
-    fields[i] = 'w:' .. ARGV[b]
+    local b = 3 + (i - 1) * 4
+    local per, id = tonumber(a[b + 2]), a[b]
+    ws[i] = {id = id, amount = tonumber(a[b + 1]), per = per, tokens = a[b + 3] == '1',
+             d = per / SLOTS, h = per + margin, dirty = false, fast = false}
+    for _, p in ipairs({'w:', 't:', 'f:', 'l:', 'a:'}) do fields[#fields + 1] = p .. id end
   end
   if n > 0 then
-    local blobs = redis.call('HMGET', KEYS[1], unpack(fields))
+    local got = redis.call('HMGET', KEYS[1], unpack(fields))
     for i = 1, n do
-      ws[i].ring = blobs[i] and cmsgpack.unpack(blobs[i]) or {}
+      local w, o = ws[i], (i - 1) * 5
+      w.blob = got[o + 1]
+      if w.blob then
+        w.total = tonumber(got[o + 2]) or 0
+        w.first = tonumber(got[o + 3])
+        w.last = tonumber(got[o + 4])
+        w.pending = tonumber(got[o + 5]) or 0
+      else
+        w.total, w.pending, w.ring = 0, 0, {}
+      end
     end
   end
-  return ws
+  return ws, margin
+end
+
+local function add_to_ring(r, k, amount)
+  local i = #r - 1
+  while i >= 1 and r[i] > k do i = i - 2 end
+  if i >= 1 and r[i] == k then
+    local new = r[i + 1] + amount
+    if new < 0 then new = 0 end
+    r[i + 1] = new
+    return
+  end
+  if amount > 0 then
+    table.insert(r, i + 2, k)
+    table.insert(r, i + 3, amount)
+  end
+end
+
+-- The full ring, with what the fast path added to its newest slot folded in.
+local function ring(w)
+  if not w.ring then
+    w.ring = cmsgpack.unpack(w.blob)
+    if w.pending ~= 0 and w.last then add_to_ring(w.ring, w.last, w.pending) end
+    w.pending = 0
+    w.dirty = true
+  end
+  return w.ring
 end
 
 local function expiry(w, k) return (k + 1) * w.d + w.h end
 
 local function prune(w, now)
-  local r, i, n = w.ring, 1, #w.ring
+  if not w.ring and (not w.first or expiry(w, w.first) > now) then return end
+  local r = ring(w)
+  local i, n = 1, #r
   while i < n and expiry(w, r[i]) <= now do i = i + 2 end
   if i > 1 then
     local out = {}
+    for j = 1, i - 1, 2 do w.total = w.total - r[j + 1] end
     for j = i, n do out[#out + 1] = r[j] end
     w.ring = out
+    if #out == 0 then w.total = 0 end  -- drop float drift once the ring is empty
     w.dirty = true
   end
 end
 
 local function used_at(w, t)
-  local r, s = w.ring, 0
+  if not w.ring and (not w.first or expiry(w, w.first) > t) then return w.total end
+  local r, s = ring(w), 0
+  if #r == 0 then return 0 end
+  if expiry(w, r[1]) > t then return w.total end
   for i = 1, #r, 2 do
     if expiry(w, r[i]) > t then s = s + r[i + 1] end
   end
@@ -100,7 +164,7 @@ local function earliest_fit(w, t0, cost)
   local room = w.amount - cost
   local used = used_at(w, t0)
   if used <= room + 1e-9 then return t0 end
-  local r = w.ring
+  local r = ring(w)
   for i = 1, #r, 2 do
     local exp = expiry(w, r[i])
     if exp > t0 then
@@ -114,7 +178,13 @@ end
 -- Add ``amount`` (negative: a refund, floored at zero per slot) to slot k; returns the
 -- change actually applied. A refund on a forgotten slot does nothing.
 local function add(w, k, amount)
-  local r = w.ring
+  if not w.ring and amount > 0 and w.last == k then
+    w.pending = w.pending + amount
+    w.total = w.total + amount
+    w.fast = true
+    return amount
+  end
+  local r = ring(w)
   local i = #r - 1
   while i >= 1 and r[i] > k do i = i - 2 end
   if i >= 1 and r[i] == k then
@@ -122,18 +192,20 @@ local function add(w, k, amount)
     if new < 0 then new = 0 end
     local applied = new - r[i + 1]
     r[i + 1] = new
+    w.total = w.total + applied
     w.dirty = true
     return applied
   end
   if amount <= 0 then return 0 end
   table.insert(r, i + 2, k)
   table.insert(r, i + 3, amount)
+  w.total = w.total + amount
   w.dirty = true
   return amount
 end
 
 local function has_slot(w, k)
-  local r = w.ring
+  local r = ring(w)
   for i = #r - 1, 1, -2 do
     if r[i] == k then return true end
     if r[i] < k then return false end
@@ -184,7 +256,7 @@ local function rewind_tail(ws, at)
   if at < S.tail then return end
   local newest = 0
   for _, w in ipairs(ws) do
-    local r = w.ring
+    local r = ring(w)
     for i = #r - 1, 1, -2 do
       if r[i + 1] > 0 then
         local start = r[i] * w.d
@@ -215,30 +287,55 @@ local function first_time(member)
   return true
 end
 
+-- Keys live until every booking in them has expired, plus SLACK. The TTL is refreshed only
+-- when the deadline it must cover passes the one already set (field "exp") minus half the
+-- slack, not on every call; it is only ever lengthened.
 local function save(ws)
   local args = {'now', fmt(S.now), 'tail', fmt(S.tail), 'pause', fmt(S.pause), 'epoch', S.epoch}
   local horizon = 0
   for _, w in ipairs(ws) do
     if w.dirty then
-      args[#args + 1] = 'w:' .. w.id
-      args[#args + 1] = cmsgpack.pack(w.ring)
+      local r = w.ring
+      if #r == 0 then w.total = 0 end
+      for _, f in ipairs({{'w:', cmsgpack.pack(r)}, {'t:', fmt(w.total)},
+                          {'f:', r[1] and fmt(r[1]) or ''}, {'l:', r[1] and fmt(r[#r - 1]) or ''}, {'a:', '0'}}) do
+        args[#args + 1] = f[1] .. w.id
+        args[#args + 1] = f[2]
+      end
+    elseif w.fast then
+      args[#args + 1] = 'a:' .. w.id
+      args[#args + 1] = fmt(w.pending)
+      args[#args + 1] = 't:' .. w.id
+      args[#args + 1] = fmt(w.total)
     end
     if w.h + w.d > horizon then horizon = w.h + w.d end
   end
-  redis.call('HSET', KEYS[1], unpack(args))
-  local ms = (math.max(S.tail, S.pause, S.now) - S.now + horizon) * 1000 + SLACK_MS
-  keep(KEYS[1], ms)
-  keep(KEYS[2], ms)
+  local need = math.max(S.tail, S.pause, S.now) + horizon + SLACK_MS / 1000
+  if need > S.exp - SLACK_MS / 2000 then
+    S.exp = need
+    args[#args + 1] = 'exp'
+    args[#args + 1] = fmt(need)
+    redis.call('HSET', KEYS[1], unpack(args))
+    keep(KEYS[1], (need - S.now) * 1000)
+    keep(KEYS[2], (need - S.now) * 1000)
+  else
+    redis.call('HSET', KEYS[1], unpack(args))
+  end
 end
 
 local function stat(field, x)
   if x ~= 0 then redis.call('HINCRBYFLOAT', KEYS[2], field, fmt(x)) end
 end
 
+-- reserve and check answer with one string: "status at now epoch dv [slots...]".
+local function answer(status, at)
+  return table.concat({status, fmt(at), fmt(S.now), S.epoch, S.dv}, ' ')
+end
+
 local function booked_reply(status, at, slots)
   local out = {status, fmt(at), fmt(S.now), S.epoch, S.dv}
   for i = 1, #slots do out[#out + 1] = fmt(slots[i]) end
-  return out
+  return table.concat(out, ' ')
 end
 
 local function queue_up(member, qlease)
@@ -292,10 +389,13 @@ local function reap(ws, margin)
         local id, per, slot = b[3 * i + 1], b[3 * i + 2], b[3 * i + 3]
         local w = byid[id]
         if not w then
-          local blob = redis.call('HGET', KEYS[1], 'w:' .. id)
+          local got = redis.call('HMGET', KEYS[1], 'w:' .. id, 't:' .. id, 'l:' .. id,
+                                 'a:' .. id)
           w = {id = id, per = per, d = per / SLOTS, h = per + margin, dirty = false,
-               tokens = string.sub(id, 1, 1) == 't',
-               ring = blob and cmsgpack.unpack(blob) or {}}
+               tokens = string.sub(id, 1, 1) == 't', blob = got[1],
+               total = tonumber(got[2]) or 0, last = tonumber(got[3]),
+               pending = tonumber(got[4]) or 0}
+          if not got[1] then w.ring = {} end
           byid[id] = w
           extra[#extra + 1] = w
         end
@@ -307,7 +407,11 @@ local function reap(ws, margin)
     drop_ahead(member)
   end
   for _, w in ipairs(extra) do
-    if w.dirty then redis.call('HSET', KEYS[1], 'w:' .. w.id, cmsgpack.pack(w.ring)) end
+    if w.dirty then
+      local r = ring(w)
+      redis.call('HSET', KEYS[1], 'w:' .. w.id, cmsgpack.pack(r), 't:' .. w.id, fmt(w.total),
+                 'f:' .. w.id, r[1] and fmt(r[1]) or '', 'l:' .. w.id, r[1] and fmt(r[#r - 1]) or '', 'a:' .. w.id, '0')
+    end
   end
   S.tail = math.huge
   rewind_tail(ws, math.huge)
@@ -318,7 +422,7 @@ local function book_and_reply(ws, member, tokens, requests, maxif, lease, status
   local at, slots, when = book(ws, tokens, requests)
   if not at then
     save(ws)
-    return {'exhausted', fmt(when), fmt(S.now), S.epoch, S.dv, tostring(slots)}
+    return answer('exhausted', when) .. ' ' .. tostring(slots)
   end
   if maxif > 0 then take_lease(member, lease) end
   if at > S.now then hold_ahead(member, ws, slots, tokens, requests, lease) end

@@ -1,14 +1,14 @@
--- settle: ARGV member, diff (actual - estimate), margin, epoch, n, then n windows, n slots.
+-- settle: ARGV member, diff (actual - estimate), epoch, window spec, slots ("k1 k2 ...").
 load_state()
 local member = ARGV[1]
 if not first_time('s|' .. member) then return {'dup', fmt(S.now)} end
 local diff = tonumber(ARGV[2])
-local n = tonumber(ARGV[5])
-local ws = parse_windows(6, n, tonumber(ARGV[3]))
-local lost = ARGV[4] ~= S.epoch
+local ws = parse_windows(ARGV[4])
+local slots = numbers(ARGV[5])
+local lost = ARGV[3] ~= S.epoch
 for i, w in ipairs(ws) do
   if w.tokens then
-    local k = tonumber(ARGV[5 + 4 * n + i])
+    local k = slots[i]
     if not lost and has_slot(w, k) then
       add(w, k, diff)
     elseif diff > 0 then
