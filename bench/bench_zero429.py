@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import time
+from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx2
@@ -25,8 +27,9 @@ from mistral_ratelimit.httpx2 import AsyncRateLimitTransport
 
 
 async def run_once(url: str, n: int, rps: float, stream: bool) -> dict[str, Any]:
-    cfg = RatelimitConfig(api_key="bench", requests_per_second=rps,
-                          tokens_per_minute=10_000_000, max_retries=3)
+    cfg = RatelimitConfig(
+        api_key="bench", requests_per_second=rps, tokens_per_minute=10_000_000, max_retries=3
+    )
     limiter = RateLimiter(cfg)
     async with httpx2.AsyncClient(
         transport=AsyncRateLimitTransport(limiter=limiter, config=cfg),
@@ -39,23 +42,37 @@ async def run_once(url: str, n: int, rps: float, stream: bool) -> dict[str, Any]
             inputs = f"Question {i}: name a colour."
             if stream:
                 events = await sdk.beta.conversations.start_stream_async(
-                    inputs=inputs, model="mistral-small-latest",
-                    completion_args={"max_tokens": 16})
+                    inputs=inputs, model="mistral-small-latest", completion_args={"max_tokens": 16}
+                )
                 async with events:
                     async for _ in events:
                         pass
             else:
                 await sdk.beta.conversations.start_async(
-                    inputs=inputs, model="mistral-small-latest",
-                    completion_args={"max_tokens": 16})
+                    inputs=inputs, model="mistral-small-latest", completion_args={"max_tokens": 16}
+                )
             return i
 
         start = time.monotonic()
         done = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
         elapsed = time.monotonic() - start
     errors = [d for d in done if isinstance(d, BaseException)]
-    return {"elapsed": elapsed, "ok": n - len(errors), "errors": errors,
-            "stats": limiter.stats()}
+    return {"elapsed": elapsed, "ok": n - len(errors), "errors": errors, "stats": limiter.stats()}
+
+
+def serve_in_child(conn: Connection, rps: float) -> None:
+    """The server runs in its own process, as a real one would: arrival stamps are then not
+    skewed by the client's event loop holding the GIL."""
+    with Emulator(
+        requests_per_second=rps,
+        tokens_per_minute=10_000_000,
+        algorithm="sliding",
+        stream_tokens_per_second=400,
+    ) as emu:
+        conn.send(emu.url)
+        conn.recv()  # wait until the client is done
+        log = emu.log
+        conn.send((log.count(429), log.max_in_window(1.0)))
 
 
 def main() -> None:
@@ -65,21 +82,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     ideal = (args.requests - 1) // int(args.rps)  # full bursts, the first at t=0
-    print(f"{args.requests} concurrent starts, server: sliding window {args.rps:g} req/s "
-          f"(ideal finish {ideal:.1f} s)")
-    print(f"{'mode':<10}{'round':>6}{'done':>8}{'elapsed s':>11}{'server 429s':>13}"
-          f"{'max in 1 s':>12}{'client 429s seen':>18}")
+    print(
+        f"{args.requests} concurrent starts, server: sliding window {args.rps:g} req/s "
+        f"(ideal finish {ideal:.1f} s)"
+    )
+    print(
+        f"{'mode':<10}{'round':>6}{'done':>8}{'elapsed s':>11}{'server 429s':>13}"
+        f"{'max in 1 s':>12}{'client 429s seen':>18}"
+    )
     for stream in (False, True):
         for rnd in range(args.rounds):
-            with Emulator(requests_per_second=args.rps, tokens_per_minute=10_000_000,
-                          algorithm="sliding", stream_tokens_per_second=400) as emu:
-                out = asyncio.run(run_once(emu.url, args.requests, args.rps, stream))
-                log = emu.log
-                rejected = log.count(429)
-                peak = log.max_in_window(1.0)
-            print(f"{'stream' if stream else 'json':<10}{rnd + 1:>6}"
-                  f"{out['ok']:>5}/{args.requests:<2}{out['elapsed']:>11.2f}{rejected:>13}"
-                  f"{peak:>12}{out['stats'].rate_limited_seen:>18}")
+            parent, child = multiprocessing.Pipe()
+            proc = multiprocessing.Process(target=serve_in_child, args=(child, args.rps))
+            proc.start()
+            url = parent.recv()
+            out = asyncio.run(run_once(url, args.requests, args.rps, stream))
+            parent.send("done")
+            rejected, peak = parent.recv()
+            proc.join(10)
+            print(
+                f"{'stream' if stream else 'json':<10}{rnd + 1:>6}"
+                f"{out['ok']:>5}/{args.requests:<2}{out['elapsed']:>11.2f}{rejected:>13}"
+                f"{peak:>12}{out['stats'].rate_limited_seen:>18}"
+            )
             for err in out["errors"][:3]:
                 print("   error:", type(err).__name__, str(err)[:120])
 

@@ -1,0 +1,65 @@
+"""A request counts from when it left, not from when it was allowed to go."""
+
+from __future__ import annotations
+
+from mistral_ratelimit import Limit, RatelimitConfig, RateLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(clock: Clock, margin: float = 0.025) -> RateLimiter:
+    cfg = RatelimitConfig(api_key="k", requests_per_second=None, tokens_per_minute=None)
+    return RateLimiter(cfg, limits=[Limit(8, 1.0, "requests")], clock=clock, window_margin=margin)
+
+
+def test_late_departure_pushes_the_next_burst_back() -> None:
+    clock = Clock()
+    lim = make(clock)
+    first = [lim.reserve(0) for _ in range(8)]
+    second = [lim.reserve(0) for _ in range(8)]
+    assert all(lim.delay(r) == 0 for r in first)
+    before = [r.at for r in second]
+    assert min(before) < 1.1
+    # One request of the first burst sat 300 ms on a cold connection before it left.
+    clock.t = 0.3
+    lim.anchor(first[3], 0.3)
+    after = [r.at for r in second]
+    # Seven may go when the seven on time expire; the eighth waits for the late one.
+    assert after[:7] == before[:7]
+    assert after[7] >= 0.3 + 1.0 > before[7]
+    assert after == sorted(after)  # still in arrival order
+    # Server-side check: arrivals (grant + lag) never put 9 in one second.
+    arrivals = sorted([0.0] * 7 + [0.3] + after)
+    assert all(sum(1 for a in arrivals if s <= a < s + 1.0) <= 8 for s in arrivals)
+
+
+def test_small_lags_inside_the_margin_change_nothing() -> None:
+    clock = Clock()
+    lim = make(clock, margin=0.05)
+    first = [lim.reserve(0) for _ in range(8)]
+    nxt = lim.reserve(0)
+    assert all(lim.delay(r) == 0 for r in first)
+    at = nxt.at
+    lim.anchor(first[0], 0.04)
+    assert nxt.at == at
+    assert lim.stats().requests_admitted == 8
+
+
+def test_anchor_ignores_bad_lags_and_unsent_reservations() -> None:
+    clock = Clock()
+    lim = make(clock)
+    r = lim.reserve(0)
+    lim.anchor(r, float("nan"))
+    lim.anchor(r, float("inf"))
+    lim.anchor(r, -5)
+    lim.anchor(r, 0.5)  # not granted yet: nothing to move
+    assert r.at == 0.0
+    lim.cancel(r)
+    lim.anchor(r, 0.5)
+    assert lim.stats().requests_cancelled == 1
