@@ -22,7 +22,6 @@ import asyncio
 import gc
 import platform
 import statistics
-import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
@@ -440,4 +439,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
