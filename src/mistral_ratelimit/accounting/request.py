@@ -70,6 +70,54 @@ _SIMPLE = {
     "ocr": "ocr",
 }
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
+#: Endpoints whose text-only bodies the cheap estimate bounds without parsing them.
+_SCANNABLE = frozenset(
+    {
+        "conversations.start",
+        "conversations.append",
+        "conversations.restart",
+        "chat",
+        "agents.completions",
+        "fim",
+    }
+)
+#: Parts whose cost is not in their bytes (a URL stands for a whole image or document), or
+#: that multiply the output (``n``): bodies holding them take the parsing path.
+_NOT_IN_BYTES = re.compile(
+    rb'"(?:image_url|document_url|input_audio|image|document|file_id|file_url|audio_url|n'
+    rb'|agent_id)"\s*:'
+    rb"|web_search|code_interpreter|image_generation|document_library|connector"
+)
+_MAX_TOKENS = re.compile(rb'(?<!\\)"max_tokens"\s*:\s*(\d{1,12})\b')
+_STREAM_TRUE = re.compile(rb'(?<!\\)"stream"\s*:\s*true\b')
+_MODEL = re.compile(rb'(?<!\\)"model"\s*:\s*"([A-Za-z0-9._:/-]{1,200})"')
+#: BOS and the few control tokens a chat template adds beyond a body's own JSON syntax.
+SCAN_OVERHEAD_TOKENS = 16
+
+
+def _scan(body: bytes) -> tuple[int | None, bool, str | None] | None:
+    """The cheap estimate's reading of a body, without parsing it: ``(max_tokens, stream,
+    model)``, or None when the body's bytes do not bound its cost.
+
+    A Tekken token is at least one byte of UTF-8, JSON escaping only lengthens text, and
+    every message, tool call or result spends more bytes on JSON syntax than the template
+    spends control tokens on it, so the body's length (plus BOS) bounds its prompt. Media,
+    built-in tools and agents cost what the server holds, not what the body says: those
+    bodies are parsed.
+    tests/test_estimate_scan.py checks the bound over the whole corpus.
+    """
+    if _NOT_IN_BYTES.search(body):
+        return None
+    caps = [bodies.max_output(int(m)) for m in _MAX_TOKENS.findall(body)]
+    known = [c for c in caps if c is not None]
+    model = _MODEL.search(body)
+    return (
+        max(known) if known else None,
+        _STREAM_TRUE.search(body) is not None,
+        model.group(1).decode() if model else None,
+    )
+
+
 _GENERATION = frozenset(
     {
         "conversations.start",
@@ -262,6 +310,19 @@ class Estimator:
                 history_model,
                 False,
             )
+        if not exact and endpoint in _SCANNABLE:
+            scanned = _scan(body)
+            if scanned is not None:
+                max_tokens, streams, model = scanned
+                return Estimate(
+                    len(body) + SCAN_OVERHEAD_TOKENS + history,
+                    default_completion if max_tokens is None else max_tokens,
+                    stream or streams,
+                    endpoint,
+                    conversation_id,
+                    model or history_model,
+                    False,
+                )
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
