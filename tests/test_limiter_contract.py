@@ -317,17 +317,8 @@ def test_pause_holds_back_new_and_scheduled_reservations(make_limiter: MakeLimit
     assert stats.paused_until > limiter.now() + LONG - 5
 
 
-def test_a_pause_keeps_waiters_in_arrival_order(
-    make_limiter: MakeLimiter, request: pytest.FixtureRequest
-) -> None:
+def test_a_pause_keeps_waiters_in_arrival_order(make_limiter: MakeLimiter) -> None:
     """Waiters booked before a 429 stay ahead of callers who arrive during the pause."""
-    request.applymarker(
-        pytest.mark.xfail(
-            make_limiter.backend == "redis",
-            reason="redis re-books a waiter lazily in delay(), behind later arrivals",
-            strict=True,
-        )
-    )
     limiter = make_limiter(requests_limit(1))
     assert limiter.delay(limiter.reserve(0)) == 0.0
     a, b = limiter.reserve(0), limiter.reserve(0)  # a window and two windows from now

@@ -234,7 +234,7 @@ class RedisRateLimiter:
         # Redis's clock minus ours, learnt from every reply; until the first reply both are
         # Unix time, which is what Redis TIME returns.
         self._offset = time.time() - time.monotonic()
-        self._pause_gen = 0
+        self._rebook_gen = 0
         self._dv = "0"
         self._down_until = 0.0
         self._outage: _Outage | None = None
@@ -551,7 +551,7 @@ class RedisRateLimiter:
                 b.ahead = at > now
                 self._track(b)
                 b.counted = at <= now
-                b.hint, b.hint_mono, b.hint_gen = at - now, time.monotonic(), self._pause_gen
+                b.hint, b.hint_mono, b.hint_gen = at - now, time.monotonic(), self._rebook_gen
         if b.leased or b.ahead:
             self._ensure_heartbeat()
         if dv != self._dv:
@@ -637,7 +637,7 @@ class RedisRateLimiter:
         if res.state is State.SCHEDULED and b.hint is not None:
             hint, b.hint = b.hint, None
             elapsed = time.monotonic() - b.hint_mono
-            if elapsed < HINT_SECONDS and b.hint_gen == self._pause_gen:
+            if elapsed < HINT_SECONDS and b.hint_gen == self._rebook_gen:
                 if hint - elapsed > 0:
                     return hint - elapsed
                 if b.counted:
@@ -696,6 +696,7 @@ class RedisRateLimiter:
             if not was_settled:
                 self._s["tokens_reserved"] -= res.tokens
             leased = self._release_locked(res, b)
+            held_ahead = b is not None and b.ahead
             if b is not None:
                 b.ahead = False  # the cancel script drops its ahead-of-now record
                 self._track(b)
@@ -719,6 +720,7 @@ class RedisRateLimiter:
                     repr(res.at),
                     b.spec,
                     self._slots(res, b),
+                    "1" if held_ahead else "0",
                 ),
             )
         )
@@ -803,13 +805,15 @@ class RedisRateLimiter:
         s = seconds if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
         s = min(max(0.0, float(s)), MAX_PAUSE_SECONDS)
         with self._lock:
-            self._pause_gen += 1  # bookings answered before this pause must ask again
+            self._rebook_gen += 1  # bookings answered before this pause must ask again
             if rate_limited:
                 self._s["rate_limited_seen"] += 1
             self._s["paused_until"] = max(self._s["paused_until"], self.now() + s)
         if self._fallback is not None or self._outage is not None:
             self._fallback_limiter().pause_for(s, rate_limited=rate_limited)
-        reply = yield from self._after(_Eval("pause", (repr(s), "1" if rate_limited else "0")))
+        reply = yield from self._after(
+            _Eval("pause", (repr(s), "1" if rate_limited else "0", self._spec))
+        )
         if reply is not None:
             self._learn_clock(float(reply[1]))
 
@@ -819,6 +823,59 @@ class RedisRateLimiter:
 
     async def apause_for(self, seconds: float, *, rate_limited: bool = True) -> None:
         await self._arun(self._pause_op(seconds, rate_limited))
+
+    def _anchor_op(self, res: Reservation, lag: float) -> _Op[None]:
+        if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag <= self._margin:
+            return
+        b = self._bookings.get(res)
+        with self._lock:
+            if b is None or res.state is not State.GRANTED or res.settled:
+                return
+            at, slots = res.at, self._slots(res, b)
+        if b.local is not None:
+            fb = self._fallback_limiter()
+            fb.anchor(b.local, lag)
+            self._mirror_local(res, b.local, fb)
+            return
+        reply = yield from self._after(
+            _Eval(
+                "anchor",
+                (
+                    b.member,
+                    repr(res.tokens),
+                    repr(res.requests),
+                    b.epoch,
+                    repr(at),
+                    repr(float(lag)),
+                    b.spec,
+                    slots,
+                ),
+            )
+        )
+        if reply is None:
+            return
+        words = _text(reply).split()
+        self._learn_clock(float(words[2]))
+        if words[0] != "moved":
+            return
+        with self._lock:
+            # Only if nothing (a settle, a cancel) touched it meanwhile.
+            if res.at == at and res.state is State.GRANTED and not res.settled:
+                res.at = float(words[1])
+                res.slots = {i: int(float(k)) for i, k in enumerate(words[5 : 5 + len(b.specs)])}
+            self._s["anchored"] += 1
+            self._rebook_gen += 1  # waiters' answers from before were re-booked
+
+    def anchor(self, res: Reservation, lag: float) -> None:
+        """The request left ``lag`` seconds after it was granted: count it from then, for
+        every worker, and re-book every waiting booking behind it (see docs/redis.md).
+
+        ``lag`` is a duration measured here; it is applied to the booked time on Redis's
+        clock. Lags within ``window_margin`` change nothing (the margin absorbs them)."""
+        self._run(self._anchor_op(res, lag))
+
+    async def aanchor(self, res: Reservation, lag: float) -> None:
+        await self._arun(self._anchor_op(res, lag))
 
     def pause_until(self, t: float) -> None:
         """Hold every worker back until ``t`` on this limiter's clock (see :meth:`now`)."""

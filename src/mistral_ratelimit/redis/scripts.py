@@ -24,6 +24,7 @@ SCRIPT_NAMES = (
     "charge",
     "stats",
     "renew",
+    "anchor",
 )
 
 

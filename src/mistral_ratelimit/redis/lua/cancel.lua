@@ -1,5 +1,5 @@
 -- cancel: ARGV member, mode ('q' | 's'), tokens, requests, epoch, holds_lease, unbook ('1'
--- when booked and not settled), at, window spec, slots ("k1 k2 ...").
+-- when booked and not settled), at, window spec, slots ("k1 k2 ..."), held_ahead ('1' | '0').
 load_state()
 local member, mode = ARGV[1], ARGV[2]
 if not first_time('c|' .. member) then return {'dup', fmt(S.now)} end
@@ -9,9 +9,24 @@ if mode == 'q' then
   redis.call('ZREM', KEYS[4], member)
   redis.call('ZREM', KEYS[5], member)
 elseif ARGV[7] == '1' and ARGV[5] == S.epoch then
-  unbook(ws, numbers(ARGV[10]), tokens, requests)
-  rewind_tail(ws, tonumber(ARGV[8]))
-  stat('tokens_reserved', -tokens)
+  local at, slots = tonumber(ARGV[8]), numbers(ARGV[10])
+  local booked = true
+  if ARGV[11] == '1' then
+    -- Still waiting: its record is the booking (a pause or an anchor may have moved it
+    -- since its owner last asked). No record: reaped or dropped, already given back.
+    local raw = redis.call('HGET', KEYS[8], member)
+    if raw then
+      local rat, rslots = read_ahead(cmsgpack.unpack(raw))
+      if rat then at, slots = rat, rslots end
+    else
+      booked = false
+    end
+  end
+  if booked then
+    unbook(ws, slots, tokens, requests)
+    rewind_tail(ws, at)
+    stat('tokens_reserved', -tokens)
+  end
 end
 drop_ahead(member)
 stat('requests_cancelled', 1)

@@ -19,17 +19,31 @@ if mode == 'q' then
   return answer('queued', 0)
 end
 local at = tonumber(ARGV[8])
+local slots = numbers(ARGV[12])
 local lost = ARGV[9] ~= S.epoch
--- Held ahead of now but reaped (its owner looked dead: no lease renewal for a whole lease):
--- the booking is gone, so it books again rather than go uncounted.
-if not lost and ARGV[13] == '1' and not redis.call('ZSCORE', KEYS[7], member) then
-  lost = true
+local relocated = false
+if not lost and ARGV[13] == '1' then
+  local raw = redis.call('HGET', KEYS[8], member)
+  if not raw then
+    -- Held ahead of now but reaped (its owner looked dead: no lease renewal for a whole
+    -- lease), or dropped by a re-booking that hit a monthly budget: the booking is gone,
+    -- so it books again rather than go uncounted.
+    lost = true
+  else
+    -- A pause or an anchor (maybe in another process) re-booked it: the record holds its
+    -- booking now. It only ever moves later, so its owner, asleep until the old time, is
+    -- not late for it.
+    local rat, rslots = read_ahead(cmsgpack.unpack(raw))
+    if rat and (rat ~= at or table.concat(rslots, ' ') ~= table.concat(slots, ' ')) then
+      at, slots, relocated = rat, rslots, true
+    end
+  end
 end
 if lost or S.pause > at then
   -- A pause (a 429 somewhere) arrived after this booking, or Redis lost its state: book
   -- again behind it, or the request would count at a time the server's window was full.
   drop_ahead(member)
-  if not lost then unbook(ws, numbers(ARGV[12]), tokens, requests) end
+  if not lost then unbook(ws, slots, tokens, requests) end
   local relisted = 0
   if lost then relisted = maxif end
   -- Counted as admitted when it was booked for "now"; it is not any more.
@@ -41,4 +55,5 @@ if at <= S.now then
   drop_ahead(member)
 end
 redis.call('HSET', KEYS[1], 'now', fmt(S.now))
+if relocated then return booked_reply('moved', at, slots) end
 return answer('ok', at)

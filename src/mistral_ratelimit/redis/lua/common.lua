@@ -14,8 +14,12 @@
 -- KEYS[5] zset         queue leases: member -> expiry (a dead waiter drops out)
 -- KEYS[6] zset         settled members: member -> expiry (settle/cancel run at most once)
 -- KEYS[7] zset         bookings still ahead of now: member -> owner's lease expiry
--- KEYS[8] hash         those bookings: member -> msgpack {tokens, requests, n, id, per, slot...}
---                      so that the bookings of a process that died are given back
+-- KEYS[8] hash         those bookings: member -> msgpack {tokens, requests, n, id1, per1,
+--                      slot1, ..., idn, pern, slotn, at, seq, spec}: so that the bookings of a
+--                      process that died are given back, and so that a pause or an anchor
+--                      can re-book every waiting booking, whoever owns it, in arrival order
+--                      (seq breaks ties of at). This record, not the owner's copy, is the
+--                      booking while it waits.
 --
 -- Numbers go back to the client as strings: Redis truncates Lua numbers to integers.
 
@@ -76,21 +80,33 @@ end
 -- slot of a ring whose oldest slot still counts and which has room: that needs the five
 -- small fields only, and the ring is unpacked (ring(w)) only when a slot starts or expires
 -- or the window is full.
-local function parse_windows(spec)
+-- ``reg`` (optional) shares window objects by id between several specs in one script (a
+-- re-booking touches every waiter's windows): each ring is read and written once.
+local function parse_windows(spec, reg)
   local a = words(spec)
   local margin, n = tonumber(a[1]), tonumber(a[2])
-  local ws, fields = {}, {}
+  local ws, fields, fresh = {spec = spec}, {}, {}
   for i = 1, n do
     local b = 3 + (i - 1) * 4
     local per, id = tonumber(a[b + 2]), a[b]
-    ws[i] = {id = id, amount = tonumber(a[b + 1]), per = per, tokens = a[b + 3] == '1',
-             d = per / SLOTS, h = per + margin, dirty = false, fast = false}
-    for _, p in ipairs({'w:', 't:', 'f:', 'l:', 'a:'}) do fields[#fields + 1] = p .. id end
+    local known = reg and reg.byid[id]
+    if known then
+      ws[i] = known
+    else
+      ws[i] = {id = id, amount = tonumber(a[b + 1]), per = per, tokens = a[b + 3] == '1',
+               d = per / SLOTS, h = per + margin, dirty = false, fast = false}
+      fresh[#fresh + 1] = ws[i]
+      for _, p in ipairs({'w:', 't:', 'f:', 'l:', 'a:'}) do fields[#fields + 1] = p .. id end
+      if reg then
+        reg.byid[id] = ws[i]
+        reg.list[#reg.list + 1] = ws[i]
+      end
+    end
   end
-  if n > 0 then
+  if #fresh > 0 then
     local got = redis.call('HMGET', KEYS[1], unpack(fields))
-    for i = 1, n do
-      local w, o = ws[i], (i - 1) * 5
+    for i, w in ipairs(fresh) do
+      local o = (i - 1) * 5
       w.blob = got[o + 1]
       if w.blob then
         w.total = tonumber(got[o + 2]) or 0
@@ -104,6 +120,8 @@ local function parse_windows(spec)
   end
   return ws, margin
 end
+
+local function registry() return {byid = {}, list = {}} end
 
 local function add_to_ring(r, k, amount)
   local i = #r - 1
@@ -219,11 +237,12 @@ local function cost_of(w, tokens, requests)
 end
 
 -- Book at the earliest time every window has room, never before the newest booking (FIFO
--- across every worker) nor inside a pause. Returns at, slots; or nil, binding index when a
--- long (monthly) window would make the caller wait for hours.
-local function book(ws, tokens, requests)
+-- across every worker) nor inside a pause, nor before ``not_before`` (a re-booked waiter's
+-- old time). Returns at, slots; or nil, binding index when a long (monthly) window would
+-- make the caller wait for hours.
+local function book(ws, tokens, requests, not_before)
   local now = S.now
-  local t0 = math.max(now, S.tail, S.pause)
+  local t0 = math.max(now, S.tail, S.pause, not_before or 0)
   local at, binding = t0, 0
   for i, w in ipairs(ws) do
     prune(w, now)
@@ -356,15 +375,34 @@ end
 -- A booking ahead of now is held for its owner by a lease the owner keeps renewing; if the
 -- owner dies, reap() gives its place back (else a dead process's waiters would hold the
 -- budget for as many windows as they were queued ahead).
-local function hold_ahead(member, ws, slots, tokens, requests, lease)
+local function ahead_blob(ws, slots, tokens, requests, at, seq)
   local blob = {tokens, requests, #ws}
   for i, w in ipairs(ws) do
     blob[#blob + 1] = w.id
     blob[#blob + 1] = w.per
     blob[#blob + 1] = slots[i]
   end
+  blob[#blob + 1] = at
+  blob[#blob + 1] = seq
+  blob[#blob + 1] = ws.spec
+  return cmsgpack.pack(blob)
+end
+
+-- The booking as its waiting record holds it: at, slots, seq, spec (nil for a record
+-- written before records carried them).
+local function read_ahead(b)
+  local n = b[3]
+  local at, seq, spec = b[3 * n + 4], b[3 * n + 5], b[3 * n + 6]
+  if not (at and seq and spec) then return nil end
+  local slots = {}
+  for i = 1, n do slots[i] = b[3 * i + 3] end
+  return at, slots, seq, spec
+end
+
+local function hold_ahead(member, ws, slots, tokens, requests, lease, at)
+  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('ZADD', KEYS[7], fmt(S.now + lease), member)
-  redis.call('HSET', KEYS[8], member, cmsgpack.pack(blob))
+  redis.call('HSET', KEYS[8], member, ahead_blob(ws, slots, tokens, requests, at, seq))
   keep(KEYS[7], lease * 1000 + SLACK_MS)
   keep(KEYS[8], lease * 1000 + SLACK_MS)
 end
@@ -425,9 +463,53 @@ local function book_and_reply(ws, member, tokens, requests, maxif, lease, status
     return answer('exhausted', when) .. ' ' .. tostring(slots)
   end
   if maxif > 0 then take_lease(member, lease) end
-  if at > S.now then hold_ahead(member, ws, slots, tokens, requests, lease) end
+  if at > S.now then hold_ahead(member, ws, slots, tokens, requests, lease, at) end
   if count then stat('tokens_reserved', tokens) end
   if at <= S.now then stat('requests_admitted', 1) end
   save(ws)
   return booked_reply(status, at, slots)
+end
+
+-- Re-book every booking still waiting (held ahead of now), whoever owns it, in arrival
+-- order: from the first one a pause caught onward (only_behind_pause), or all of them (after
+-- an anchor moved a granted request later). As limiter/memory.py's _rebook_waiting, except
+-- that a booking never moves earlier than it was: its owner may be asleep until its old time
+-- and learns the new one only when it wakes (check.lua), so an earlier slot would count a
+-- request before it really leaves. Returns how many moved.
+local function rebook_waiting(reg, only_behind_pause)
+  local all = redis.call('HGETALL', KEYS[8])
+  local list = {}
+  for i = 1, #all, 2 do
+    local b = cmsgpack.unpack(all[i + 1])
+    local at, slots, seq, spec = read_ahead(b)
+    if at then
+      list[#list + 1] = {member = all[i], tokens = b[1], requests = b[2], at = at,
+                         slots = slots, seq = seq, spec = spec}
+    end
+  end
+  if #list == 0 then return 0 end
+  table.sort(list, function(x, y)
+    if x.at ~= y.at then return x.at < y.at end
+    return x.seq < y.seq
+  end)
+  -- Sorted by time: if the first is not caught by the pause, none is.
+  if only_behind_pause and list[1].at >= S.pause then return 0 end
+  for _, e in ipairs(list) do
+    e.ws = parse_windows(e.spec, reg)
+    unbook(e.ws, e.slots, e.tokens, e.requests)
+  end
+  rewind_tail(reg.list, math.huge)
+  for _, e in ipairs(list) do
+    local at, slots = book(e.ws, e.tokens, e.requests, e.at)
+    if at then
+      redis.call('HSET', KEYS[8], e.member,
+                 ahead_blob(e.ws, slots, e.tokens, e.requests, at, e.seq))
+    else
+      -- A monthly budget would make it wait for hours: its owner's next delay() finds the
+      -- record gone, books again and is told so (BudgetExhausted).
+      drop_ahead(e.member)
+      stat('tokens_reserved', -e.tokens)
+    end
+  end
+  return #list
 end

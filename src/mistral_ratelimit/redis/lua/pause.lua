@@ -1,7 +1,17 @@
--- pause: ARGV seconds (already clamped), rate_limited ('1' | '0').
+-- pause: ARGV seconds (already clamped), rate_limited ('1' | '0'), window spec.
 load_state()
+local reg = registry()
+local ws, margin = parse_windows(ARGV[3], reg)
+reap(reg.list, margin)
 local stop = S.now + tonumber(ARGV[1])
-if stop > S.pause then S.pause = stop end
+local moved = 0
+if stop > S.pause then
+  S.pause = stop
+  -- Every booking made since the last pause already sits behind it: only a longer pause
+  -- can catch a waiter. Re-booked now, in order, rather than each by its owner when it
+  -- wakes, which would put it behind everyone who arrived meanwhile.
+  moved = rebook_waiting(reg, true)
+end
 if ARGV[2] == '1' then stat('rate_limited_seen', 1) end
-save({})
-return {fmt(S.pause), fmt(S.now)}
+save(reg.list)
+return {fmt(S.pause), fmt(S.now), tostring(moved)}
