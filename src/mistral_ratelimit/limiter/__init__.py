@@ -4,5 +4,13 @@ from .base import Limiter, LimiterStats, ObservedLimit, Reservation, State
 from .memory import RateLimiter
 from .waiting import aacquire, acquire
 
-__all__ = ["Limiter", "LimiterStats", "ObservedLimit", "RateLimiter", "Reservation", "State",
-           "aacquire", "acquire"]
+__all__ = [
+    "Limiter",
+    "LimiterStats",
+    "ObservedLimit",
+    "RateLimiter",
+    "Reservation",
+    "State",
+    "aacquire",
+    "acquire",
+]
