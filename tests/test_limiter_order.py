@@ -1,4 +1,4 @@
-"""A request counts from when it left, not from when it was allowed to go."""
+"""Order of service: a request counts from when it left, and higher priorities go first."""
 
 from __future__ import annotations
 
@@ -63,3 +63,20 @@ def test_anchor_ignores_bad_lags_and_unsent_reservations() -> None:
     lim.cancel(r)
     lim.anchor(r, 0.5)
     assert lim.stats().requests_cancelled == 1
+
+
+def test_priority_goes_before_waiting_lower_priority_in_order() -> None:
+    clock = Clock()
+    lim = make(clock)
+    burst = [lim.reserve(0) for _ in range(8)]
+    low = [lim.reserve(0) for _ in range(3)]
+    assert all(lim.delay(r) == 0 for r in burst)
+    low_before = [r.at for r in low]
+    urgent = lim.reserve(0, priority=5)
+    # It takes the first free place; the waiters keep their order behind it.
+    assert urgent.at == low_before[0]
+    assert [r.at for r in low] == sorted(r.at for r in low)
+    assert low[0].at >= urgent.at
+    # A second urgent one queues behind the first, not in front of it.
+    urgent2 = lim.reserve(0, priority=5)
+    assert urgent.at <= urgent2.at <= low[0].at

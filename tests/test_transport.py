@@ -14,7 +14,7 @@ import httpx
 import httpx2
 import pytest
 
-from mistral_ratelimit import BudgetExhausted, RatelimitConfig, RateLimiter, RequestTooLarge
+from mistral_ratelimit import BudgetExhausted, Limit, RatelimitConfig, RateLimiter, RequestTooLarge
 from mistral_ratelimit import httpx as mr_httpx
 from mistral_ratelimit import httpx2 as mr_httpx2
 
@@ -514,3 +514,30 @@ def test_transport_defaults_and_close(lib_name: str) -> None:
     assert "sk-test" not in repr(t)
     t.close()
     assert closed == [True]
+
+
+def test_priority_extension_jumps_the_queue(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(requests_per_second=None, limits=[Limit(1, 0.2, "requests")])
+    limiter = RateLimiter(cfg)
+    seen: list[str] = []
+
+    def handler(req: Any) -> Any:
+        seen.append(json.loads(req.content)["inputs"])
+        return lib.Response(200, json=RESPONSE)
+
+    async def main() -> None:
+        async with async_client(lib_name, Script(lib, handler), limiter, cfg) as client:
+
+            async def post(name: str, priority: int = 0) -> None:
+                ext = {"mistral_ratelimit": {"priority": priority}}
+                await client.post("/v1/conversations", json={"inputs": name}, extensions=ext)
+
+            async with anyio.create_task_group() as tg:
+                for name in ("low1", "low2", "low3"):
+                    tg.start_soon(post, name)
+                    await anyio.sleep(0.01)
+                tg.start_soon(post, "urgent", 9)
+
+    anyio.run(main)
+    assert seen == ["low1", "urgent", "low2", "low3"]

@@ -43,7 +43,7 @@ def drive_sync(steps: Steps, limiter: Limiter, send: Callable[[], Any]) -> Any:
             if isinstance(effect, Call):
                 value = _call_sync(limiter, effect)
             elif isinstance(effect, Acquire):
-                value = acquire(limiter, effect.tokens)
+                value = acquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Send):
                 value = send()
             elif isinstance(effect, ReadBody):
@@ -75,7 +75,7 @@ async def drive_async(steps: Steps, limiter: Limiter, send: Callable[[], Awaitab
                 with anyio.CancelScope(shield=True):
                     value = await _call_async(limiter, effect)
             elif isinstance(effect, Acquire):
-                value = await aacquire(limiter, effect.tokens)
+                value = await aacquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Send):
                 value = await send()
             elif isinstance(effect, ReadBody):

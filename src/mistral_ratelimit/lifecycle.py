@@ -49,6 +49,7 @@ NOT_SENT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout"})
 @dataclass(frozen=True)
 class Acquire:
     tokens: float
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class RequestOptions:
     skip: bool = False  # send without limiting or accounting
     cost: int | None = None  # force the token cost instead of estimating it
     max_retries: int | None = None  # override the configured retry count
+    priority: int = 0  # goes before waiting requests of lower priority (memory limiter)
 
     @classmethod
     def from_extensions(cls, extensions: Mapping[str, Any] | None) -> RequestOptions:
@@ -99,10 +101,14 @@ class RequestOptions:
             return cls()
         cost = raw.get("cost")
         retries = raw.get("max_retries")
+        priority = raw.get("priority", 0)
         return cls(
             skip=bool(raw.get("skip", False)),
             cost=int(cost) if isinstance(cost, (int, float)) and 0 <= cost < 1e12 else None,
             max_retries=retries if isinstance(retries, int) and retries >= 0 else None,
+            priority=priority
+            if isinstance(priority, int) and not isinstance(priority, bool)
+            else 0,
         )
 
 
@@ -170,7 +176,7 @@ class Lifecycle:
         attempt = 0
         waited = 0.0  # seconds spent waiting for the budget or backing off, for error notes
         while True:
-            res: Reservation = yield Acquire(est.total)
+            res: Reservation = yield Acquire(est.total, req.options.priority)
             waited += max(0.0, res.at - res.created_at)
             try:
                 response, send_lag = yield Send()

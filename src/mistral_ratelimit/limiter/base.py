@@ -39,6 +39,7 @@ class Reservation:
     settled: bool = False
     released: bool = False
     holds_inflight: bool = False
+    priority: int = 0  # higher goes before waiting reservations of lower priority
     tag: str = ""  # backend-private handle (e.g. the Redis member id)
 
 

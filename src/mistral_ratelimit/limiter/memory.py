@@ -33,7 +33,11 @@ LONG_WAIT_SECONDS = 60.0
 class SyncBackedAsyncMixin:
     """Async twins for a backend whose sync calls never block for long."""
 
-    async def areserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+    async def areserve(
+        self, tokens: float, requests: float = 1.0, *, priority: int = 0
+    ) -> Reservation:
+        if priority:
+            return self.reserve(tokens, requests, priority=priority)  # type: ignore[attr-defined, no-any-return]
         return self.reserve(tokens, requests)  # type: ignore[attr-defined, no-any-return]
 
     async def adelay(self, res: Reservation) -> float:
@@ -198,8 +202,12 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._ahead.pop()
         self._tail = -math.inf
 
-    def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+    #: ``reserve(..., priority=n)`` is honoured (the transports check this flag).
+    supports_priority = True
+
+    def reserve(self, tokens: float, requests: float = 1.0, *, priority: int = 0) -> Reservation:
         res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
+        res.priority = int(priority) if isinstance(priority, int) else 0
         with self._lock:
             # Under the lock: discovery may have just replaced the windows.
             self._check_fits(res)
@@ -208,12 +216,17 @@ class RateLimiter(SyncBackedAsyncMixin):
             if self._max_inflight is None or (
                 not self._queue and self._inflight < self._max_inflight
             ):
-                self._schedule(res, now)
+                self._schedule_first(res, now)
                 # Counted with or without a cap, so stats() always shows what is in flight.
                 self._inflight += 1
                 res.holds_inflight = True
             else:
-                self._queue.append(res)
+                # Among those waiting for an in-flight slot, a higher priority goes first.
+                place = next(
+                    (i for i, q in enumerate(self._queue) if q.priority < res.priority),
+                    len(self._queue),
+                )
+                self._queue.insert(place, res)
         return res
 
     def _promote(self, now: float) -> None:
@@ -223,7 +236,7 @@ class RateLimiter(SyncBackedAsyncMixin):
             res = self._queue.popleft()
             try:
                 self._check_fits(res)
-                self._schedule(res, now)
+                self._schedule_first(res, now)
             except (BudgetExhausted, RequestTooLarge):
                 res.state = State.CANCELLED  # its delay() call reports it
                 continue
@@ -329,7 +342,7 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._paused_until = max(self._paused_until, now + s)
             if rate_limited:
                 self._s["rate_limited_seen"] += 1
-            self._rebook_waiting(now, only_behind_pause=True)
+            self._rebook_waiting(now, lambda at, _res: at < self._paused_until)
 
     def anchor(self, res: Reservation, lag: float) -> None:
         """The request left ``lag`` seconds after it was granted: count it from then.
@@ -359,11 +372,17 @@ class RateLimiter(SyncBackedAsyncMixin):
             if moved:
                 res.at = new_at
                 self._s["anchored"] += 1
-                self._rebook_waiting(self._clock(), only_behind_pause=False)
+                self._rebook_waiting(self._clock(), lambda _at, _res: True)
 
-    def _rebook_waiting(self, now: float, *, only_behind_pause: bool) -> None:
-        """Re-book waiting reservations now, in their order: those from the first one
-        caught by the pause onward, or all of them.
+    def _rebook_waiting(
+        self,
+        now: float,
+        starts_at: Callable[[float, Reservation], bool],
+        first: Reservation | None = None,
+    ) -> None:
+        """Re-book waiting reservations now, in their order, from the first one for which
+        ``starts_at(at, res)`` holds; ``first`` (a new higher-priority reservation) is booked
+        before those of lower priority among them.
 
         Re-booking each one lazily when its caller wakes would put it behind everyone who
         arrived meanwhile: arrival order lost, and under repeated 429s a waiter could be
@@ -371,24 +390,40 @@ class RateLimiter(SyncBackedAsyncMixin):
         """
         moving: list[Reservation] = []
         for at, res in self._ahead:
-            if self._waiting(at, res) and (
-                moving or not only_behind_pause or at < self._paused_until
-            ):
+            if self._waiting(at, res) and (moving or starts_at(at, res)):
                 moving.append(res)
-        if not moving:
-            return
-        for res in moving:
-            self._unbook(res)
-            self._s["tokens_reserved"] -= res.tokens
-        moved = {id(res) for res in moving}
-        self._ahead = collections.deque(e for e in self._ahead if id(e[1]) not in moved)
-        self._retreat_tail()
-        for res in moving:
+        if moving:
+            for res in moving:
+                self._unbook(res)
+                self._s["tokens_reserved"] -= res.tokens
+            moved = {id(res) for res in moving}
+            self._ahead = collections.deque(e for e in self._ahead if id(e[1]) not in moved)
+            self._retreat_tail()
+        if first is not None:
+            ahead = [r for r in moving if r.priority >= first.priority]
+            moving = [r for r in moving if r.priority < first.priority]
+            self._book_all(ahead, now)
+            try:
+                self._schedule(first, now)
+            finally:  # even if ``first`` cannot be booked, the others must be again
+                self._book_all(moving, now)
+        else:
+            self._book_all(moving, now)
+
+    def _book_all(self, reservations: list[Reservation], now: float) -> None:
+        for res in reservations:
             try:
                 self._schedule(res, now)
             except BudgetExhausted:
                 self._s["tokens_reserved"] += res.tokens  # _cancel_locked takes it off again
                 self._cancel_locked(res)
+
+    def _schedule_first(self, res: Reservation, now: float) -> None:
+        """Book ``res``, ahead of waiting reservations of lower priority if it has one."""
+        if res.priority > 0:
+            self._rebook_waiting(now, lambda _at, other: other.priority < res.priority, res)
+        else:
+            self._schedule(res, now)
 
     def pause_until(self, t: float) -> None:
         """Hold every caller back until ``t`` on this limiter's clock (see :meth:`now`)."""

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
 from .base import Limiter, Reservation
+
+log = logging.getLogger("mistral_ratelimit")
+
+
+def _priority_kwargs(limiter: Limiter, priority: int) -> dict[str, int]:
+    if not priority:
+        return {}
+    if getattr(limiter, "supports_priority", False):
+        return {"priority": priority}
+    log.debug("%s has no priorities; priority=%d is ignored", type(limiter).__name__, priority)
+    return {}
 
 
 def acquire(
@@ -15,9 +28,12 @@ def acquire(
     tokens: float,
     requests: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
+    *,
+    priority: int = 0,
 ) -> Reservation:
     """Reserve and sleep until the reservation may go. Cancels it if the wait is interrupted."""
-    res = limiter.reserve(tokens, requests)
+    reserve: Any = limiter.reserve  # ``priority`` is an optional extension of the contract
+    res: Reservation = reserve(tokens, requests, **_priority_kwargs(limiter, priority))
     try:
         while (wait := limiter.delay(res)) > 0:
             sleep(wait)
@@ -27,9 +43,12 @@ def acquire(
     return res
 
 
-async def aacquire(limiter: Limiter, tokens: float, requests: float = 1.0) -> Reservation:
+async def aacquire(
+    limiter: Limiter, tokens: float, requests: float = 1.0, *, priority: int = 0
+) -> Reservation:
     """Async twin of :func:`acquire`, on anyio so it works under asyncio and trio."""
-    res = await limiter.areserve(tokens, requests)
+    areserve: Any = limiter.areserve
+    res: Reservation = await areserve(tokens, requests, **_priority_kwargs(limiter, priority))
     try:
         while (wait := await limiter.adelay(res)) > 0:
             await anyio.sleep(wait)
