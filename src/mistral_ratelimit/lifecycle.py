@@ -38,6 +38,9 @@ EXTENSION_KEY = "mistral_ratelimit"
 EXACT_COUNT_THRESHOLD = 0.25
 #: Longest shared pause one 429 may impose (one tokens-per-minute window).
 MAX_PAUSE_SECONDS = 60.0
+#: One request in this many is counted exactly even with ample room, so the per-model
+#: correction and the estimate-error figures keep learning from real usage.
+EXACT_SAMPLE_EVERY = 16
 #: JSON bodies larger than this are passed through without being parsed for usage.
 MAX_JSON_SNIFF_BYTES = 8 * 1024 * 1024
 #: Exception class names that mean the request never left this machine (httpx and
@@ -154,6 +157,7 @@ class Lifecycle:
         self.estimator = estimator
         self.config = config
         self._can_anchor = callable(getattr(limiter, "anchor", None))
+        self._estimates = 0
 
     def estimate(self, req: RequestView) -> Estimate:
         if req.options.cost is not None:
@@ -162,7 +166,9 @@ class Lifecycle:
         cheap = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
         room_of = getattr(self.limiter, "token_room", None)
         room = room_of() if callable(room_of) else None
-        if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room:
+        self._estimates += 1
+        sample = self._estimates % EXACT_SAMPLE_EVERY == 1  # keeps the correction learning
+        if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room and not sample:
             return cheap
         return self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=True)
 
@@ -400,7 +406,8 @@ class BodyObserver:
             actual, usage = float(self.estimate.total), None
         try:
             yield Call("settle", (res, actual))
-            if usage is not None and usage.prompt_tokens > 0:
+            if usage is not None and usage.prompt_tokens > 0 and self.estimate.exact:
+                # Cheap upper bounds are over on purpose; only exact counts measure error.
                 yield Call("record_estimate", (self.estimate.prompt_tokens, usage.prompt_tokens))
             log.debug(
                 "settled request: estimated %d tokens, actual %d", self.estimate.total, actual
