@@ -72,11 +72,11 @@ async def test_async_sse_stream_through_default_transport(httpx_mock: HTTPXMock)
     httpx_mock.add_response(url=URL, content=body, headers={"content-type": "text/event-stream"})
     cfg = config(max_concurrency=1)
     limiter = RateLimiter(cfg)
-    async with httpx.AsyncClient(
-        transport=AsyncRateLimitTransport(config=cfg, limiter=limiter)
-    ) as client:
-        async with client.stream("POST", URL, json=dict(BODY, stream=True)) as r:
-            got = b"".join([chunk async for chunk in r.aiter_raw()])
+    async with (
+        httpx.AsyncClient(transport=AsyncRateLimitTransport(config=cfg, limiter=limiter)) as client,
+        client.stream("POST", URL, json=dict(BODY, stream=True)) as r,
+    ):
+        got = b"".join([chunk async for chunk in r.aiter_raw()])
     assert got == body
     s = limiter.stats()
     assert s.in_flight == 0
