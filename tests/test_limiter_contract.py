@@ -20,7 +20,7 @@ import pytest
 from conftest import FakeClock, MakeLimiter, admitted_per_window, is_close
 from mistral_ratelimit.config import Limit, RatelimitConfig
 from mistral_ratelimit.errors import BudgetExhausted, RatelimitError, RequestTooLarge
-from mistral_ratelimit.limiter import Limiter, ObservedLimit, aacquire, acquire
+from mistral_ratelimit.limiter import Limiter, ObservedLimit, Reservation, aacquire, acquire
 
 LONG = 30.0  # seconds: longer than any real-clock test runs
 
@@ -350,6 +350,85 @@ def test_a_granted_reservation_is_not_taken_back_by_a_pause(make_limiter: MakeLi
     assert limiter.delay(res) == 0.0
     limiter.pause_for(LONG)
     assert limiter.delay(res) == 0.0
+
+
+# -- anchor: a request counts from when it really left ---------------------------------------
+
+
+def anchor(limiter: Limiter, res: Reservation, lag: float) -> None:
+    hook = getattr(limiter, "anchor", None)
+    assert callable(hook), "the transports anchor each request at when it really left"
+    hook(res, lag)
+
+
+def test_anchor_moves_a_late_request_and_the_waiter_behind_it(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(1))
+    sent = limiter.reserve(0)
+    assert limiter.delay(sent) == 0.0
+    waiter = limiter.reserve(0)
+    before = limiter.delay(waiter)
+    anchor(limiter, sent, 10.0)  # it sat 10 s on a cold connection before it left
+    after = limiter.delay(waiter)
+    assert after > before + 5
+    # The charge stays where it moved: with the waiter cancelled, a newcomer waits for it,
+    # and for it only (the waiter's booking was given back where it had moved to).
+    limiter.cancel(waiter)
+    assert LONG + 5 < limiter.delay(limiter.reserve(0)) < 2 * LONG
+    assert limiter.stats().requests_admitted == 1
+
+
+def test_an_anchor_within_the_margin_changes_nothing(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(1), window_margin=5.0)
+    sent = limiter.reserve(0)
+    assert limiter.delay(sent) == 0.0
+    waiter = limiter.reserve(0)
+    anchor(limiter, sent, 4.5)  # the margin already covers it
+    assert limiter.delay(waiter) < LONG + 5 + 1.5
+    anchor(limiter, sent, 9.0)  # only what the margin does not cover moves it: 4 s
+    assert LONG + 5 + 2.5 < limiter.delay(waiter) < LONG + 5 + 6
+
+
+def test_anchor_ignores_bad_lags_and_requests_not_sent(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(1))
+    sent = limiter.reserve(0)
+    assert limiter.delay(sent) == 0.0
+    waiter = limiter.reserve(0)
+    before = limiter.delay(waiter)
+    for lag in (math.nan, math.inf, -5.0):
+        anchor(limiter, sent, lag)
+    anchor(limiter, waiter, 10.0)  # not granted: it has not left
+    limiter.settle(sent, 0)
+    anchor(limiter, sent, 10.0)  # settled: it is over, its window stays as it was
+    assert limiter.delay(waiter) <= before
+    limiter.cancel(waiter)
+    anchor(limiter, waiter, 10.0)
+    assert limiter.stats().requests_cancelled == 1
+
+
+def test_an_anchor_keeps_waiters_in_arrival_order(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(requests_limit(1))
+    sent = limiter.reserve(0)
+    assert limiter.delay(sent) == 0.0
+    a, b = limiter.reserve(0), limiter.reserve(0)  # a window and two windows from now
+    anchor(limiter, sent, 10.0)
+    newcomer = limiter.reserve(0)
+    da, db, dn = limiter.delay(a), limiter.delay(b), limiter.delay(newcomer)
+    assert LONG + 5 < da < db < dn
+
+
+def test_a_rebooked_waiter_never_moves_earlier(make_limiter: MakeLimiter) -> None:
+    """Its caller sleeps until the time it was given and only then asks again; booked
+    earlier meanwhile, it would count from before it really leaves, and the server, which
+    counts it from its arrival, would still hold it when the limiter thinks it gone."""
+    limiter = make_limiter([Limit(3, LONG, "requests"), Limit(100, LONG, "tokens")])
+    big, small = limiter.reserve(100), limiter.reserve(0)
+    assert limiter.delay(big) == 0.0 and limiter.delay(small) == 0.0
+    waiter = limiter.reserve(50)
+    told = limiter.delay(waiter)
+    assert told > LONG - 5  # the tokens window is full
+    limiter.settle(big, 0)  # the room comes back, but the waiter is asleep until `told`
+    anchor(limiter, small, 10.0)  # re-books every waiter
+    assert limiter.delay(waiter) > told - 5
 
 
 # -- the server's view ---------------------------------------------------------------------

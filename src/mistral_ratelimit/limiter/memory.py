@@ -129,8 +129,8 @@ class RateLimiter(SyncBackedAsyncMixin):
             if cost > w.limit.amount:
                 raise RequestTooLarge(cost, w.limit.amount, w.limit.per_seconds, w.limit.unit)
 
-    def _schedule(self, res: Reservation, now: float) -> None:
-        t0 = max(now, self._tail, self._paused_until)
+    def _schedule(self, res: Reservation, now: float, not_before: float = -math.inf) -> None:
+        t0 = max(now, self._tail, self._paused_until, not_before)
         at, binding = t0, None
         for w in self._windows:
             w.prune(now)
@@ -413,7 +413,9 @@ class RateLimiter(SyncBackedAsyncMixin):
     def _book_all(self, reservations: list[Reservation], now: float) -> None:
         for res in reservations:
             try:
-                self._schedule(res, now)
+                # Never earlier than it was: its caller sleeps until then before asking
+                # again, and would go late on a booking that counts from before it left.
+                self._schedule(res, now, not_before=res.at)
             except BudgetExhausted:
                 self._s["tokens_reserved"] += res.tokens  # _cancel_locked takes it off again
                 self._cancel_locked(res)
