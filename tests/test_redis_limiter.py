@@ -241,6 +241,88 @@ def test_a_dead_workers_bookings_ahead_are_given_back(server: RedisServer, r: re
     assert float(r.hget(Keys.for_namespace("mrl", key).stats, "requests_reaped") or 0) == 4
 
 
+# -- re-booking: a pause or an anchor in one worker moves every worker's waiters ---------------
+
+
+def test_an_anchor_in_one_worker_moves_the_waiters_of_another(server: RedisServer) -> None:
+    key = fresh_key()
+    a = make(server, key, [Limit(1, LONG, "requests")])
+    b = make(server, key, [Limit(1, LONG, "requests")])
+    sent = a.reserve(0)
+    assert a.delay(sent) == 0.0
+    waiter = b.reserve(0)
+    told = b.delay(waiter)  # answered from the reserve reply
+    booked = waiter.at
+    a.anchor(sent, 10.0)  # a's request left 10 s after its grant
+    assert sent.at > booked - LONG + 5  # a's own copy follows its booking in Redis
+    time.sleep(HINT_GUARD)
+    assert b.delay(waiter) > told + 5  # b asks Redis again, and finds its booking moved
+    assert waiter.at > booked + 5
+    newcomer = a.reserve(0)
+    assert a.delay(newcomer) > b.delay(waiter)  # still behind b's waiter
+    # b gives back its waiter where it moved to, a its newcomer: a fresh request then
+    # waits for the anchored request alone.
+    b.cancel(waiter)
+    a.cancel(newcomer)
+    assert LONG + 5 < a.delay(a.reserve(0)) < 2 * LONG
+
+
+def test_a_waiter_asleep_until_its_old_time_learns_the_new_one_when_it_wakes(
+    server: RedisServer, r: redis.Redis
+) -> None:
+    key = fresh_key()
+    a = make(server, key, [Limit(1, 10.0, "requests")])
+    b = make(server, key, [Limit(1, 10.0, "requests")])
+    sent = a.reserve(0)
+    assert a.delay(sent) == 0.0
+    waiter = b.reserve(0)
+    told = b.delay(waiter)
+    assert 9 < told < 11
+    a.anchor(sent, 3.0)
+    advance(r, key, told + 0.01)  # b slept what it was told
+    time.sleep(HINT_GUARD)
+    # The booking only moved later: woken at its old time, b is early, never late.
+    assert 2 < b.delay(waiter) < 4
+    advance(r, key, 4.0)
+    assert b.delay(waiter) == 0.0
+    assert b.stats().requests_admitted == 2
+
+
+def test_a_pause_in_one_worker_keeps_every_workers_waiters_in_arrival_order(
+    server: RedisServer,
+) -> None:
+    key = fresh_key()
+    a = make(server, key, [Limit(1, LONG, "requests")])
+    b = make(server, key, [Limit(1, LONG, "requests")])
+    assert a.delay(a.reserve(0)) == 0.0
+    w1, w2, w3 = b.reserve(0), a.reserve(0), b.reserve(0)
+    a.pause_for(LONG * 1.5)  # a 429: b's waiters are re-booked too, at once
+    newcomer = a.reserve(0)
+    time.sleep(HINT_GUARD)
+    d1, d2, d3, dn = b.delay(w1), a.delay(w2), b.delay(w3), a.delay(newcomer)
+    assert LONG * 1.5 - 5 < d1 < d2 < d3 < dn
+
+
+def test_a_reaped_booking_is_not_given_back_twice(server: RedisServer, r: redis.Redis) -> None:
+    """A worker that only looked dead (no lease renewal for a whole lease) and then cancels
+    its waiters must not refund what the reaper already gave back: that would wipe other
+    workers' charges from the same slots."""
+    key = fresh_key()
+    slow = make(server, key, [Limit(2, 10.0, "requests")], lease_seconds=0.3)
+    assert [slow.delay(slow.reserve(0)) for _ in range(2)] == [0.0, 0.0]
+    ahead = [slow.reserve(0), slow.reserve(0)]  # a window ahead
+    assert all(slow.delay(res) > 5 for res in ahead)
+    slow.close()  # its heartbeat stops
+    advance(r, key, 0.5)  # past its lease
+    live = make(server, key, [Limit(2, 10.0, "requests")])
+    first = live.reserve(0)  # reaps the two waiters: first takes their place
+    for res in ahead:
+        slow.cancel(res)
+    second, third = live.reserve(0), live.reserve(0)
+    d1, d2, d3 = live.delay(first), live.delay(second), live.delay(third)
+    assert 5 < d1 and 5 < d2 < d3 - 5  # two per window: the third waits another window
+
+
 # -- Redis going away ---------------------------------------------------------------------------
 
 
