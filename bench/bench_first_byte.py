@@ -82,7 +82,7 @@ def main() -> None:
             f"{xs[int(0.95 * len(xs)) - 1] * 1e3:>10.3f}"
         )
     diff = statistics.median(times["ours"]) - statistics.median(times["bare"])
-    paired = statistics.median(o - b for o, b in zip(times["ours"], times["bare"]))
+    paired = statistics.median(o - b for o, b in zip(times["ours"], times["bare"], strict=True))
     print(f"  median difference: {diff * 1e3:.3f} ms (paired: {paired * 1e3:.3f} ms)")
 
 
