@@ -57,8 +57,8 @@ class Acquire:
 
 @dataclass(frozen=True)
 class Send:
-    """Send the request; the result is ``(response, lag)`` where ``lag`` is the seconds from
-    the call until the request body was written, or None when the transport cannot tell."""
+    """Send the request; the result is ``(response, sent_at)``: the ``time.monotonic()`` at
+    which the request body was written, or None when the transport cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ class Lifecycle:
             res: Reservation = yield Acquire(est.total, req.options.priority)
             waited += max(0.0, res.at - res.created_at)
             try:
-                response, send_lag = yield Send()
+                response, sent_at = yield Send()
             except BaseException as exc:
                 not_sent = any(k.__name__ in NOT_SENT_ERRORS for k in type(exc).__mro__)
                 if not_sent:
@@ -205,10 +205,10 @@ class Lifecycle:
                     yield Sleep(pause)
                     continue
                 raise
-            if send_lag is not None and self._can_anchor:
+            if sent_at is not None and self._can_anchor:
                 # The server counts the request when it arrives, which is when it left here
-                # (a cold connection can take tens of ms): count it from then too.
-                yield Call("anchor", (res, send_lag))
+                # (a cold connection, a blocked event loop): count it from then too.
+                yield Call("anchor", (res, max(0.0, sent_at - res.due_local)))
             outcome = yield from self._classify(res, est, req, response, attempt, max_retries)
             if isinstance(outcome, Deliver):
                 record_attempts(outcome.response, attempt + 1, waited)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .accounting.request import Estimator
+from .accounting.tokenizer import preload_in_background
 from .config import RatelimitConfig
 from .driving import deliver, drive_async, drive_sync, no_asend, no_send
 from .lifecycle import Deliver, Lifecycle, RequestOptions, RequestView
@@ -47,11 +48,7 @@ class _SendTimer:
     def __init__(self, request: Any) -> None:
         self.request = request
         self.user_trace = request.extensions.get("trace")
-        self.started = time.monotonic()
-        self.sent: float | None = None
-
-    def lag(self) -> float | None:
-        return None if self.sent is None else max(0.0, self.sent - self.started)
+        self.sent: float | None = None  # time.monotonic() when the body was written
 
     def restore(self) -> None:
         if self.user_trace is None:
@@ -104,6 +101,7 @@ class _Core:
         self.limiter: Limiter = limiter if limiter is not None else RateLimiter(self.config)
         self.estimator = estimator if estimator is not None else Estimator.from_config(self.config)
         self.lifecycle = Lifecycle(self.limiter, self.estimator, self.config)
+        preload_in_background()
         self.transport = transport if transport is not None else self._default_transport()
 
     def _default_transport(self) -> Any:
@@ -140,7 +138,7 @@ class SyncTransportCore(_Core):
         timer = _SendTimer(request)
         timer.install_sync()
         try:
-            return self.transport.handle_request(request), timer.lag()
+            return self.transport.handle_request(request), timer.sent
         finally:
             timer.restore()
 
@@ -175,7 +173,7 @@ class AsyncTransportCore(_Core):
         timer = _SendTimer(request)
         timer.install_async()
         try:
-            return await self.transport.handle_async_request(request), timer.lag()
+            return await self.transport.handle_async_request(request), timer.sent
         finally:
             timer.restore()
 

@@ -175,6 +175,20 @@ def tokenizer_info() -> dict[str, object]:
     return dict(_state)
 
 
+def preload_in_background() -> None:
+    """Start loading the vocabulary in a daemon thread, once per process, so the first exact
+    count does not stall an event loop for the ~0.2 s the load takes."""
+    global _preload_started
+    with _lock:
+        if _preload_started or _state["source"] is not None:
+            return
+        _preload_started = True
+    threading.Thread(target=_get_encoding, name="mistral-ratelimit-tokenizer", daemon=True).start()
+
+
+_preload_started = False
+
+
 def _reset_for_tests() -> None:
     global _encoding
     with _lock:

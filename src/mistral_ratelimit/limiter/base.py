@@ -40,6 +40,9 @@ class Reservation:
     released: bool = False
     holds_inflight: bool = False
     priority: int = 0  # higher goes before waiting reservations of lower priority
+    #: ``time.monotonic()`` at which the caller was due to go (set by ``acquire``): a late
+    #: wake-up (a blocked event loop) counts in the lag passed to ``anchor``.
+    due_local: float = 0.0
     tag: str = ""  # backend-private handle (e.g. the Redis member id)
 
 

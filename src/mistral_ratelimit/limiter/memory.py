@@ -345,7 +345,7 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._rebook_waiting(now, lambda at, _res: at < self._paused_until)
 
     def anchor(self, res: Reservation, lag: float) -> None:
-        """The request left ``lag`` seconds after it was granted: count it from then.
+        """The request left ``lag`` seconds after it was due to go: count it from then.
 
         The server counts a request when it arrives. A cold connection or a busy event
         loop can delay that by more than the window margin, so a granted request is moved

@@ -34,8 +34,10 @@ def acquire(
     """Reserve and sleep until the reservation may go. Cancels it if the wait is interrupted."""
     reserve: Any = limiter.reserve  # ``priority`` is an optional extension of the contract
     res: Reservation = reserve(tokens, requests, **_priority_kwargs(limiter, priority))
+    res.due_local = time.monotonic()
     try:
         while (wait := limiter.delay(res)) > 0:
+            res.due_local = time.monotonic() + wait
             sleep(wait)
     except BaseException:
         limiter.cancel(res)
@@ -49,8 +51,10 @@ async def aacquire(
     """Async twin of :func:`acquire`, on anyio so it works under asyncio and trio."""
     areserve: Any = limiter.areserve
     res: Reservation = await areserve(tokens, requests, **_priority_kwargs(limiter, priority))
+    res.due_local = time.monotonic()
     try:
         while (wait := await limiter.adelay(res)) > 0:
+            res.due_local = time.monotonic() + wait
             await anyio.sleep(wait)
     except BaseException:
         with anyio.CancelScope(shield=True):
