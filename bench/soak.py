@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Any
 
 from mistral_ratelimit import Limit
 from mistral_ratelimit.demo.session import open_session
@@ -59,10 +60,10 @@ def main() -> int:
         document_phases=((0.0, 1.0),),
         document_words=3000,
     )
-    explicit: dict[str, float] = {}
+    explicit: dict[str, Any] = {}
     if not args.tier_defaults:
         explicit = {"requests_per_second": FREE_TIER_RPS, "tokens_per_minute": FREE_TIER_TPM}
-    client_fields: dict[str, float] = dict(explicit)
+    client_fields: dict[str, Any] = dict(explicit)
     if args.window_margin is not None:
         client_fields["window_margin"] = args.window_margin
     settings = {"requests_per_second": FREE_TIER_RPS, "tokens_per_minute": FREE_TIER_TPM}

@@ -77,7 +77,7 @@ def report(name: str, calls: list[CallRecord], origin: float) -> list[float]:
 
 
 def main() -> int:
-    fields = {"requests_per_second": RPS, "tokens_per_minute": 100_000}
+    fields: dict[str, Any] = {"requests_per_second": RPS, "tokens_per_minute": 100_000}
     with open_session(**fields) as session:
         print(f"Running against {session.where} at {RPS} requests/s")
         sync_burst(session)
