@@ -276,9 +276,10 @@ def test_real_path_with_the_emulator_standing_in(
     monkeypatch.setattr(runner, "open_session", stand_in)
     out = io.StringIO()
     result = runner.run_demo(
-        runner.DemoOptions(real=True, duration=3.0, output=tmp_path, live=False),
-        Console(file=out, width=140),
+        runner.DemoOptions(real=True, duration=3.0, output=tmp_path, live=True),
+        Console(file=out, width=140, force_terminal=True),
     )
+    assert "waiting for budget" in out.getvalue()  # the live view was drawn
     s = result.summary
     assert result.exit_code == 0, out.getvalue()
     assert s.server_429 is None  # not knowable on the real API
