@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 STARTUP_TIMEOUT = 10.0
 
 
+def _ready_tokenizer() -> None:
+    """Load the vocabulary before serving: loading it inside the first request would block
+    the event loop ~0.3 s while requests queue unstamped, so their arrival times (what the
+    limits count) would come late and bunched, as no real server's would."""
+    from ..accounting.tokenizer import tokenizer_info
+
+    tokenizer_info()
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -116,6 +125,7 @@ class Emulator:
         if self.running:
             return self
         quiet_abrupt_cuts()
+        _ready_tokenizer()
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         server = uvicorn.Server(uvicorn_config(self.app))
@@ -198,6 +208,7 @@ def serve(
     Prints the URL (with the real port when ``port`` is 0) on stdout once bound.
     """
     quiet_abrupt_cuts()
+    _ready_tokenizer()
     app = EmulatorApp(config)
     server = uvicorn.Server(
         uvicorn_config(app, log_level=log_level, access_log=True, configure_logging=True)
