@@ -35,6 +35,7 @@ class Reservation:
     state: State = State.QUEUED
     created_at: float = 0.0
     at: float = 0.0  # when it may go, on the limiter's clock
+    due_at: float = 0.0  # when it was booked to go (``at`` may move later, never earlier)
     slots: dict[int, int] = field(default_factory=dict)  # limit index -> slot key
     settled: bool = False
     released: bool = False
@@ -43,6 +44,7 @@ class Reservation:
     #: ``time.monotonic()`` at which the caller was due to go (set by ``acquire``): a late
     #: wake-up (a blocked event loop) counts in the lag passed to ``anchor``.
     due_local: float = 0.0
+    generation: int = 0  # backend bookkeeping: which state the booking was made against
     tag: str = ""  # backend-private handle (e.g. the Redis member id)
 
 

@@ -89,6 +89,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._poll = poll_interval
         self._lock = threading.Lock()
         self._tail = -math.inf
+        self._generation = 0  # bumped by every anchor that moved a request
         # Bookings not yet collected by their caller, in booking order (``at`` never decreases).
         # When the newest ones are cancelled the tail steps back to the newest live one:
         # a cancelled reservation gives back its place in time, not only its capacity.
@@ -147,8 +148,9 @@ class RateLimiter(SyncBackedAsyncMixin):
                 f"{binding.limit.per_seconds:g} s budget is spent; it frees up in {at - now:.0f} s"
             )
         res.slots = {w.ident: w.add(at, self._cost(w, res)) for w in self._windows}
-        res.at = at
+        res.at = res.due_at = at
         res.state = State.SCHEDULED
+        res.generation = self._generation
         self._tail = at
         self._forget_gone(now)
         self._ahead.append((at, res))
@@ -258,6 +260,15 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._retreat_tail()
                 self._schedule(res, now)
                 self._s["tokens_reserved"] -= res.tokens
+            if (
+                res.state is State.SCHEDULED
+                and res.generation != self._generation
+                and not self._still_fits(res)
+            ):
+                # Requests granted before it left late (see anchor): this booking and every
+                # one after it move back, in order.
+                self._rebook_waiting(now, lambda _at, other: other is res)
+            res.generation = self._generation
             wait = res.at - now
             if wait > 0:
                 return wait
@@ -349,30 +360,50 @@ class RateLimiter(SyncBackedAsyncMixin):
 
         The server counts a request when it arrives. A cold connection or a busy event
         loop can delay that by more than the window margin, so a granted request is moved
-        to when it really left, and every booking still waiting is re-booked against that
-        (in order), or the next burst would land inside the server's window.
+        to when it really left. Bookings still waiting were made against the old position:
+        each one checks that it still fits the next time its caller asks (``delay``), and
+        if not, it and every booking after it are re-booked, in order. Checking lazily
+        keeps an anchor cheap however many callers wait.
         """
         if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag <= self._margin:
             return
         with self._lock:
             if res.state is not State.GRANTED or res.settled:
                 return
-            new_at = res.at + lag - self._margin
-            moved = False
-            for w in self._windows:
-                key = res.slots.get(w.ident)
-                new_key = w.slot_of(new_at)
-                if key is None or key == new_key or not w.has_slot(key):
-                    continue
-                cost = self._cost(w, res)
-                w.add_to_slot(key, -cost)
-                w.add_to_slot(new_key, cost)
-                res.slots[w.ident] = new_key
-                moved = True
-            if moved:
-                res.at = new_at
-                self._s["anchored"] += 1
-                self._rebook_waiting(self._clock(), lambda _at, _res: True)
+            self._move_later(res, res.due_at + lag - self._margin)
+
+    def _move_later(self, res: Reservation, new_at: float) -> None:
+        """Count ``res`` from ``new_at`` instead (never earlier than it counts now)."""
+        if new_at <= res.at:
+            return
+        moved = False
+        for w in self._windows:
+            key = res.slots.get(w.ident)
+            new_key = w.slot_of(new_at)
+            if key is None or key == new_key or not w.has_slot(key):
+                continue
+            cost = self._cost(w, res)
+            w.add_to_slot(key, -cost)
+            w.add_to_slot(new_key, cost)
+            res.slots[w.ident] = new_key
+            moved = True
+        res.at = new_at
+        if moved:
+            self._s["anchored"] += 1
+            self._generation += 1
+
+    def _still_fits(self, res: Reservation) -> bool:
+        """Whether the window ending at ``res.at`` holds it, given what was granted since it
+        was booked. The window ending at a grant is the only one a later anchor can break:
+        any window over its amount is caught at the grant of its last request."""
+        for w in self._windows:
+            key = res.slots.get(w.ident)
+            if key is None:
+                continue
+            used = sum(a for k, a in w.slots.items() if k <= key and w.expiry(k) > res.at)
+            if used > w.limit.amount + 1e-9:
+                return False
+        return True
 
     def _rebook_waiting(
         self,
