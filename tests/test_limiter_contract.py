@@ -458,7 +458,12 @@ def test_adopt_replaces_tier_defaults_with_the_servers_limits(make_limiter: Make
         ]
     )
     limits = set(limiter.stats().limits)
-    assert limits == {Limit(720, 60.0, "requests"), Limit(5_000_000, 60.0, "tokens")}
+    # The per-minute rung, with its per-second pace (720/min is 12/s), replaces the defaults.
+    assert limits == {
+        Limit(720, 60.0, "requests"),
+        Limit(12, 1.0, "requests"),
+        Limit(5_000_000, 60.0, "tokens"),
+    }
     # The tier default of 1 rps is gone: a burst goes at once.
     burst = [limiter.reserve(1000) for _ in range(10)]
     assert [limiter.delay(r) for r in burst] == [0.0] * 10

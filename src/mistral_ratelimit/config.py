@@ -148,8 +148,7 @@ class RatelimitConfig:
         out: list[tuple[Limit, bool]] = []
         rps = self.requests_per_second
         if rps is not None:
-            burst = max(1, math.floor(rps))
-            out.append((Limit(burst, burst / rps, "requests"), not isinstance(rps, TierDefault)))
+            out.append((pacing_limit(rps), not isinstance(rps, TierDefault)))
         tpm = self.tokens_per_minute
         if tpm is not None:
             out.append((Limit(tpm, 60.0, "tokens"), not isinstance(tpm, TierDefault)))
@@ -211,6 +210,26 @@ class RatelimitConfig:
         if config is None:
             return cls.from_env(**dict(fields_)) if fields_ else cls.from_env()
         return replace(config, **dict(fields_)) if fields_ else config
+
+
+def pacing_limit(rate_per_second: float) -> Limit:
+    """The requests window for a rate: ``max(1, floor(r))`` requests per that many over ``r``
+    seconds, so 1.2/s paces one request every 0.833 s and 8/s allows bursts of 8."""
+    burst = max(1, math.floor(rate_per_second))
+    return Limit(burst, burst / rate_per_second, "requests")
+
+
+def discovered_limits(unit: Unit, amount: float, per_seconds: float) -> list[Limit]:
+    """Windows to enforce for a limit the server reported in its headers.
+
+    A requests rung per minute comes with its per-second pace (Mistral's "RPS" is the
+    per-minute rung / 60): the server's own per-second checks, if any, are then never
+    burst into, and the minute's budget is still used in full.
+    """
+    found = [Limit(amount, per_seconds, unit)]
+    if unit == "requests" and per_seconds > 1.0:
+        found.append(pacing_limit(amount / per_seconds))
+    return found
 
 
 def limits_from(items: Iterable[Limit | tuple[float, float, Unit]]) -> tuple[Limit, ...]:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..config import Limit, RatelimitConfig
+from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BudgetExhausted, RequestTooLarge
 from .base import LimiterStats, ObservedLimit, Reservation, State
 from .window import WindowState
@@ -500,15 +500,17 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._explicit = [self._explicit[i] for i in keep]
             for o in reported:
                 assert o.limit is not None
-                w = WindowState(Limit(o.limit, o.per_seconds, unit), self._margin)
-                # Requests already booked (some still waiting to go) count in the new window
-                # too, at their slot's end: later than they went, so for at least as long.
-                for old in dropped:
-                    for key, amount in old.slots.items():
-                        if amount > 0:
-                            w.add((key + 1) * old.width, amount)
-                self._windows.append(w)
-                self._explicit.append(True)
+                for lim in discovered_limits(unit, o.limit, o.per_seconds):
+                    w = WindowState(lim, self._margin)
+                    # Requests already booked (some still waiting to go) count in the new
+                    # window too, at their slot's end: later than they went, so for at
+                    # least as long.
+                    for old in dropped:
+                        for key, amount in old.slots.items():
+                            if amount > 0:
+                                w.add((key + 1) * old.width, amount)
+                    self._windows.append(w)
+                    self._explicit.append(True)
             self._horizon_for = None
 
     def record_estimate(self, estimated: float, actual: float) -> None:
