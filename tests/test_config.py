@@ -278,3 +278,19 @@ def test_validation_errors_never_contain_the_key() -> None:
     with pytest.raises(ValueError) as info:
         RatelimitConfig(api_key=12345)  # type: ignore[arg-type]
     assert "12345" not in str(info.value)
+
+
+def test_switches_and_none_values_are_checked() -> None:
+    with pytest.raises(ValueError, match="retry_server_errors"):
+        RatelimitConfig(api_key="k", retry_server_errors="false")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS"):
+        RatelimitConfig.from_env({"MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS": "maybe"})
+    with pytest.raises(ValueError, match="MISTRAL_RATELIMIT_MAX_RETRIES"):
+        RatelimitConfig.from_env({"MISTRAL_RATELIMIT_MAX_RETRIES": "none"})
+    cfg = RatelimitConfig.from_env(
+        {
+            "MISTRAL_RATELIMIT_TOKENS_PER_MONTH": "off",
+            "MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS": "yes",
+        }
+    )
+    assert cfg.tokens_per_month is None and cfg.retry_server_errors is True

@@ -541,3 +541,124 @@ def test_priority_extension_jumps_the_queue(lib_name: str) -> None:
 
     anyio.run(main)
     assert seen == ["low1", "urgent", "low2", "low3"]
+
+
+# -- found by a fresh user trying to break it ------------------------------------------------
+
+
+def test_endless_error_body_is_handed_over_unread(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    produced: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            produced.append(1)
+            yield b"x" * 65536
+
+    script = Script(lib, lambda req: lib.Response(400, content=endless()))
+    with (
+        sync_client(lib_name, script, limiter, cfg) as client,
+        client.stream("POST", "/v1/conversations", json=START_BODY) as r,
+    ):
+        assert r.status_code == 400
+        assert produced == []  # nothing was read on the caller's behalf
+    assert limiter.stats().in_flight == 0
+
+
+def test_capacity_retry_after_is_clamped_like_a_429(
+    lib_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mistral_ratelimit.driving as driving
+
+    slept: list[float] = []
+    monkeypatch.setattr(driving.time, "sleep", slept.append)
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=1)
+    limiter = RateLimiter(cfg)
+    capacity = {
+        "object": "error",
+        "message": "Service tier capacity exceeded for this model.",
+        "type": "service_tier_capacity_exceeded",
+        "param": None,
+        "code": "3505",
+    }
+    script = Script(
+        lib,
+        lambda req: lib.Response(429, json=capacity, headers={"retry-after": "86400"}),
+        ok_json(lib),
+    )
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        assert client.post("/v1/conversations", json=START_BODY).status_code == 200
+    assert slept and max(slept) <= 60.0
+
+
+def test_undecodable_stream_keeps_the_whole_reservation(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200,
+            headers={"content-type": "text/event-stream", "content-encoding": "zstd"},
+            content=iter([b"\x28\xb5\x2f\xfd garbage the sniffer cannot decode"]),
+        ),
+    )
+    with (
+        sync_client(lib_name, script, limiter, cfg) as client,
+        client.stream("POST", "/v1/conversations", json=dict(START_BODY, stream=True)) as r,
+    ):
+        for _ in r.iter_raw():
+            pass
+    s = limiter.stats()
+    assert s.tokens_refunded == 0  # no usage could be read: the estimate stays charged
+    assert s.tokens_reserved > 100
+
+
+def test_multipart_upload_is_retried_after_a_429(lib_name: str) -> None:
+    import io
+
+    lib = LIBS[lib_name][0]
+    cfg = config(max_retries=1)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, too_many(lib, {"retry-after-ms": "1"}), ok_json(lib))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        r = client.post(
+            "/v1/files",
+            files={"file": ("a.jsonl", io.BytesIO(b'{"x": 1}\n'))},
+            data={"purpose": "batch"},
+        )
+    assert r.status_code == 200
+    assert len(script.calls) == 2
+    bodies = [c.read() for c in script.calls]
+    assert bodies[0] == bodies[1] and b'{"x": 1}' in bodies[1]  # never re-sent empty
+
+
+def test_absurd_usage_is_capped(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config(tokens_per_month=1e9)
+    limiter = RateLimiter(cfg)
+    bogus = dict(
+        RESPONSE, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 10**20}
+    )
+    script = Script(lib, lambda req: lib.Response(200, json=bogus))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        client.post("/v1/conversations", json=START_BODY)
+    s = limiter.stats()
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged < 1e8
+
+
+def test_skip_needs_a_real_true(lib_name: str) -> None:
+    lib = LIBS[lib_name][0]
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+    with sync_client(lib_name, script, limiter, cfg) as client:
+        client.post(
+            "/v1/conversations",
+            json=START_BODY,
+            extensions={"mistral_ratelimit": {"skip": "false"}},
+        )
+    assert limiter.stats().requests_admitted == 1

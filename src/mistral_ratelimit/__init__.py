@@ -1,5 +1,7 @@
 """mistral-ratelimit: keep a program inside its Mistral AI budget, at the HTTP transport layer."""
 
+import logging
+
 from .config import Limit, RatelimitConfig
 from .errors import BackendUnavailable, BudgetExhausted, RatelimitError, RequestTooLarge
 from .limiter import Limiter, LimiterStats, RateLimiter, Reservation
@@ -19,3 +21,6 @@ __all__ = [
     "RequestTooLarge",
     "Reservation",
 ]
+
+# A library logs, the application decides where: silent unless logging is configured.
+logging.getLogger("mistral_ratelimit").addHandler(logging.NullHandler())

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 Unit = Literal["requests", "tokens"]
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+#: Fields that may be switched off with ``none``/``off`` in the environment.
+_NULLABLE = ("requests_per_second", "tokens_per_minute", "tokens_per_month", "max_concurrency")
 _UNITS = ("requests", "tokens")
 
 SECONDS_PER_MONTH = 30 * 86_400.0
@@ -106,6 +110,10 @@ class RatelimitConfig:
         for name in ("base_delay", "max_delay", "timeout", "capacity_backoff_factor"):
             _check_number(name, getattr(self, name))
         _check_number("window_margin", self.window_margin, allow_zero=True)
+        if not isinstance(self.retry_server_errors, bool):
+            raise ValueError(
+                f"retry_server_errors must be True or False, got {self.retry_server_errors!r}"
+            )
         for name in ("max_retries", "default_max_tokens", "unknown_history_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -184,6 +192,8 @@ class RatelimitConfig:
             if raw is None or raw.strip() == "":
                 continue
             if raw.strip().lower() in ("none", "off"):
+                if name not in _NULLABLE:
+                    raise ValueError(f"MISTRAL_RATELIMIT_{name.upper()} cannot be {raw.strip()!r}")
                 kwargs[name] = None
                 continue
             try:
@@ -194,7 +204,13 @@ class RatelimitConfig:
                 ) from None
         raw_retry = env.get("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS")
         if raw_retry:
-            kwargs["retry_server_errors"] = raw_retry.strip().lower() in ("1", "true", "yes", "on")
+            flag = raw_retry.strip().lower()
+            if flag not in _TRUE + _FALSE:
+                raise ValueError(
+                    f"MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS must be one of {_TRUE + _FALSE}, "
+                    f"got {raw_retry!r}"
+                )
+            kwargs["retry_server_errors"] = flag in _TRUE
         raw_limits = env.get("MISTRAL_RATELIMIT_LIMITS")
         if raw_limits:
             kwargs["limits"] = tuple(Limit.parse(p) for p in raw_limits.split(",") if p.strip())

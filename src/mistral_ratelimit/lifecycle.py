@@ -41,6 +41,8 @@ MAX_PAUSE_SECONDS = 60.0
 #: One request in this many is counted exactly even with ample room, so the per-model
 #: correction and the estimate-error figures keep learning from real usage.
 EXACT_SAMPLE_EVERY = 16
+#: Largest error body read to classify a 429 or 503.
+MAX_ERROR_BODY_BYTES = 64 * 1024
 #: JSON bodies larger than this are passed through without being parsed for usage.
 MAX_JSON_SNIFF_BYTES = 8 * 1024 * 1024
 #: Exception class names that mean the request never left this machine (httpx and
@@ -106,7 +108,7 @@ class RequestOptions:
         retries = raw.get("max_retries")
         priority = raw.get("priority", 0)
         return cls(
-            skip=bool(raw.get("skip", False)),
+            skip=raw.get("skip") is True,
             cost=int(cost) if isinstance(cost, (int, float)) and 0 <= cost < 1e12 else None,
             max_retries=retries if isinstance(retries, int) and retries >= 0 else None,
             priority=priority
@@ -133,6 +135,16 @@ class Deliver:
 
     response: Any
     observer: BodyObserver | None
+
+
+def _body_decides_class(status: int, headers: Mapping[str, str]) -> bool:
+    """Only a 429 or 503 body can change what an error means (Mistral's capacity code
+    3505), so only those are read, and only when small and of known length: a huge or
+    endless error body goes to the caller unread, as a plain client would hand it over."""
+    if status not in (429, 503):
+        return False
+    length = headers.get("content-length")
+    return length is not None and length.isdigit() and int(length) <= MAX_ERROR_BODY_BYTES
 
 
 def backoff(config: RatelimitConfig, attempt: int, factor: float = 1.0) -> float:
@@ -216,6 +228,11 @@ class Lifecycle:
             waited += outcome
             attempt += 1
 
+    def _clamp_pause(self, wait: float) -> float:
+        """A server asking for more than one token window is not answered with a longer
+        freeze: the caller gets the error back sooner once retries run out."""
+        return min(wait, max(self.config.max_delay, MAX_PAUSE_SECONDS))
+
     def _classify(
         self,
         res: Reservation,
@@ -234,7 +251,9 @@ class Lifecycle:
             status = int(response.status_code)
             if status < 400:
                 return Deliver(response, BodyObserver(self, res, est, view, headers))
-            body = yield ReadBody(response)
+            body = None
+            if _body_decides_class(status, headers):
+                body = yield ReadBody(response)
         except BaseException:
             yield Call("release", (res,))
             yield Close(response)
@@ -252,9 +271,7 @@ class Lifecycle:
             wait = retry_after_seconds(headers)
             if wait is None:
                 wait = backoff(self.config, attempt)
-            # A server asking for more than one token window is not answered with a longer
-            # freeze: the caller gets the 429 back sooner once retries run out.
-            wait = min(wait, max(self.config.max_delay, MAX_PAUSE_SECONDS))
+            wait = self._clamp_pause(wait)
             yield Call("pause_for", (wait,))  # the whole shared budget is spent, not just ours
             log.warning(
                 "429 rate limited (attempt %d/%d); all callers pause %.2f s",
@@ -266,6 +283,7 @@ class Lifecycle:
             wait = retry_after_seconds(headers)
             if wait is None:
                 wait = backoff(self.config, attempt, self.config.capacity_backoff_factor)
+            wait = self._clamp_pause(wait)
             log.warning(
                 "%d service tier capacity exceeded (attempt %d/%d); backing off %.2f s",
                 status,
@@ -382,15 +400,26 @@ class BodyObserver:
         except Exception:  # pragma: no cover - defensive, see feed()
             log.debug("usage parsing failed", exc_info=True)
         if usage is not None and usage.total > 0:
-            return float(usage.total), usage, conversation_id
+            return float(min(usage.total, self._credible_max())), usage, conversation_id
         if self._view.query_cost is not None:
-            return float(self._view.query_cost), usage, conversation_id
+            return float(min(self._view.query_cost, self._credible_max())), usage, conversation_id
+        if (self._sse is not None and self._sse.failed) or (
+            self._json is not None and self._json.failed
+        ):
+            # Unreadable (an encoding we cannot decode, corrupt, oversized): keep all of it.
+            return float(est.total), None, conversation_id
         if self._sse is not None:
             # Cut or closed before usage: charge the prompt and what streamed so far (a
             # character is never less than a token), never refund to zero.
             streamed = min(est.completion_tokens, streamed_chars)
             return float(est.prompt_tokens + streamed), None, conversation_id
         return float(est.total), None, conversation_id
+
+    def _credible_max(self) -> int:
+        """A bound on believable usage: a bogus ``total_tokens`` of 10**20 must not lock a
+        monthly budget for good. A hundred times the estimate leaves room for any real
+        under-estimate."""
+        return 100 * self.estimate.total + 100_000
 
     def finish(self) -> Steps:
         """Settle and free the in-flight slot; later calls do nothing."""

@@ -29,6 +29,12 @@ def _not_read(exc: BaseException) -> bool:
     return type(exc).__name__ == "RequestNotRead"
 
 
+def _rewinds(request: Any) -> bool:
+    """httpx's multipart stream seeks its files back to the start on each pass, so an
+    upload can be sent again on a retry; a generator body cannot."""
+    return type(request.stream).__name__ == "MultipartStream"
+
+
 def _already_read(outcome: Deliver) -> bool:
     """A response built from bytes (MockTransport, caches) arrives read and closed: its
     stream will never be iterated, so it is observed and settled at once."""
@@ -118,7 +124,7 @@ class SyncTransportCore(_Core):
         except Exception as exc:
             if not _not_read(exc):
                 raise
-            body, replayable = None, False
+            body, replayable = None, _rewinds(request)
             if _is_json(request.headers):
                 request.read()  # a streamed JSON body is buffered once, so a retry can resend it
                 body, replayable = request.content, True
@@ -153,7 +159,7 @@ class AsyncTransportCore(_Core):
         except Exception as exc:
             if not _not_read(exc):
                 raise
-            body, replayable = None, False
+            body, replayable = None, _rewinds(request)
             if _is_json(request.headers):
                 await request.aread()
                 body, replayable = request.content, True
