@@ -40,7 +40,7 @@ EXACT_COUNT_THRESHOLD = 0.25
 MAX_PAUSE_SECONDS = 60.0
 #: One request in this many is counted exactly even with ample room, so the per-model
 #: correction and the estimate-error figures keep learning from real usage.
-EXACT_SAMPLE_EVERY = 16
+EXACT_SAMPLE_EVERY = 64
 #: Largest error body read to classify a 429 or 503.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 #: JSON bodies larger than this are passed through without being parsed for usage.
