@@ -405,6 +405,18 @@ def test_anchor_ignores_bad_lags_and_requests_not_sent(make_limiter: MakeLimiter
     assert limiter.stats().requests_cancelled == 1
 
 
+def test_an_anchor_counts_from_the_booked_time_and_never_compounds(
+    make_limiter: MakeLimiter,
+) -> None:
+    limiter = make_limiter(requests_limit(1, 10.0))
+    sent = limiter.reserve(0)
+    assert limiter.delay(sent) == 0.0
+    anchor(limiter, sent, 3.0)
+    anchor(limiter, sent, 3.0)  # the same late departure, told twice
+    anchor(limiter, sent, 1.0)  # an earlier one never moves it back
+    assert 12.0 < limiter.delay(limiter.reserve(0)) < 14.5
+
+
 def test_an_anchor_keeps_waiters_in_arrival_order(make_limiter: MakeLimiter) -> None:
     limiter = make_limiter(requests_limit(1))
     sent = limiter.reserve(0)

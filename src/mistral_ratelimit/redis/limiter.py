@@ -34,7 +34,7 @@ import anyio.to_thread
 import redis
 import redis.exceptions
 
-from ..config import Limit, RatelimitConfig
+from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
 from ..limiter.base import LimiterStats, ObservedLimit, Reservation, State
 from ..limiter.memory import LONG_WINDOW_SECONDS, MAX_PAUSE_SECONDS, RateLimiter, clean_amount
@@ -382,7 +382,8 @@ class RedisRateLimiter:
     def _mirror_local(self, res: Reservation, inner: Reservation, fb: RateLimiter) -> None:
         res.state = inner.state
         if inner.state is not State.QUEUED:
-            res.at = inner.at + (self.now() - fb.now())  # on this limiter's clock
+            shift = self.now() - fb.now()  # onto this limiter's clock
+            res.at, res.due_at = inner.at + shift, inner.due_at + shift
 
     # -- drivers ----------------------------------------------------------------------------
     def _run(self, op: _Op[T]) -> T:
@@ -540,7 +541,7 @@ class RedisRateLimiter:
             else:
                 if res.state is State.QUEUED and not new:
                     self._queued_local -= 1
-                res.at = at
+                res.at = res.due_at = at
                 res.slots = {i: int(float(k)) for i, k in enumerate(reply[5 : 5 + len(b.specs)])}
                 res.state = State.SCHEDULED
                 if not res.holds_inflight and not res.released:
@@ -845,6 +846,7 @@ class RedisRateLimiter:
                     repr(res.tokens),
                     repr(res.requests),
                     b.epoch,
+                    repr(res.due_at),
                     repr(at),
                     repr(float(lag)),
                     b.spec,
@@ -858,20 +860,25 @@ class RedisRateLimiter:
         self._learn_clock(float(words[2]))
         if words[0] != "moved":
             return
+        new_slots = {i: int(float(k)) for i, k in enumerate(words[5 : 5 + len(b.specs)])}
         with self._lock:
+            if new_slots != res.slots:
+                self._s["anchored"] += 1
+                self._rebook_gen += 1  # this process's waiters re-check rather than trust a hint
             # Only if nothing (a settle, a cancel) touched it meanwhile.
             if res.at == at and res.state is State.GRANTED and not res.settled:
                 res.at = float(words[1])
-                res.slots = {i: int(float(k)) for i, k in enumerate(words[5 : 5 + len(b.specs)])}
-            self._s["anchored"] += 1
-            self._rebook_gen += 1  # waiters' answers from before were re-booked
+                res.slots = new_slots
 
     def anchor(self, res: Reservation, lag: float) -> None:
-        """The request left ``lag`` seconds after it was granted: count it from then, for
-        every worker, and re-book every waiting booking behind it (see docs/redis.md).
+        """The request left ``lag`` seconds after it was due to go: count it from then, for
+        every worker (never earlier than it counts now).
 
-        ``lag`` is a duration measured here; it is applied to the booked time on Redis's
-        clock. Lags within ``window_margin`` change nothing (the margin absorbs them)."""
+        ``lag`` is a duration measured here; it applies to the booked time (``due_at``) on
+        Redis's clock. Lags within ``window_margin`` change nothing (the margin absorbs
+        them). O(windows): each waiting booking, whichever worker owns it, checks that it
+        still fits when its owner next asks, and if not, it and every booking after it are
+        re-booked in order (see docs/redis.md)."""
         self._run(self._anchor_op(res, lag))
 
     async def aanchor(self, res: Reservation, lag: float) -> None:
@@ -912,8 +919,9 @@ class RedisRateLimiter:
                 self._explicit = [self._explicit[i] for i in keep]
                 for o in reported:
                     assert o.limit is not None
-                    self._limits.append(Limit(o.limit, o.per_seconds, unit))
-                    self._explicit.append(True)
+                    for lim in discovered_limits(unit, o.limit, o.per_seconds):
+                        self._limits.append(lim)
+                        self._explicit.append(True)
             if dropped:
                 self._set_specs()
                 self._fallback = None

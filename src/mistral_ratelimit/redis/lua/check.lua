@@ -5,7 +5,8 @@ load_state()
 local member, mode = ARGV[1], ARGV[2]
 local tokens, requests = tonumber(ARGV[3]), tonumber(ARGV[4])
 local maxif, lease, qlease = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local ws = parse_windows(ARGV[11])
+local reg = registry()
+local ws = parse_windows(ARGV[11], reg)
 if mode == 'q' then
   trim_leases()
   queue_up(member, qlease)
@@ -30,12 +31,31 @@ if not lost and ARGV[13] == '1' then
     -- so it books again rather than go uncounted.
     lost = true
   else
-    -- A pause or an anchor (maybe in another process) re-booked it: the record holds its
-    -- booking now. It only ever moves later, so its owner, asleep until the old time, is
-    -- not late for it.
-    local rat, rslots = read_ahead(cmsgpack.unpack(raw))
+    -- A pause, or a waiter ahead of it that an anchor broke (maybe in another process),
+    -- re-booked it: the record holds its booking now. It only ever moves later, so its
+    -- owner, asleep until the old time, is not late for it.
+    local rat, rslots, _, _, rgen = read_ahead(cmsgpack.unpack(raw))
     if rat and (rat ~= at or table.concat(rslots, ' ') ~= table.concat(slots, ' ')) then
       at, slots, relocated = rat, rslots, true
+    end
+    if rat and rgen ~= S.gen and S.pause <= at then
+      if still_fits(ws, slots, at) then
+        local b = cmsgpack.unpack(raw)
+        b[3 * b[3] + 7] = S.gen
+        redis.call('HSET', KEYS[8], member, cmsgpack.pack(b))
+      else
+        -- A request granted before it left late (anchor.lua): this booking and every one
+        -- after it move back, in order.
+        rebook_waiting(reg, function(e) return e.member == member end)
+        local moved = redis.call('HGET', KEYS[8], member)
+        if moved then
+          at, slots = read_ahead(cmsgpack.unpack(moved))
+          relocated = true
+        else
+          lost = true
+        end
+        save(reg.list)
+      end
     end
   end
 end

@@ -15,11 +15,11 @@
 -- KEYS[6] zset         settled members: member -> expiry (settle/cancel run at most once)
 -- KEYS[7] zset         bookings still ahead of now: member -> owner's lease expiry
 -- KEYS[8] hash         those bookings: member -> msgpack {tokens, requests, n, id1, per1,
---                      slot1, ..., idn, pern, slotn, at, seq, spec}: so that the bookings of a
---                      process that died are given back, and so that a pause or an anchor
---                      can re-book every waiting booking, whoever owns it, in arrival order
---                      (seq breaks ties of at). This record, not the owner's copy, is the
---                      booking while it waits.
+--                      slot1, ..., idn, pern, slotn, at, seq, spec, gen}: so that the bookings
+--                      of a process that died are given back, and so that a pause (or a
+--                      waiter an anchor broke) can re-book waiting bookings, whoever owns
+--                      them, in arrival order (seq breaks ties of at). This record, not the
+--                      owner's copy, is the booking while it waits.
 --
 -- Numbers go back to the client as strings: Redis truncates Lua numbers to integers.
 
@@ -37,7 +37,8 @@ local S = {}
 
 -- Redis TIME, plus the optional test offset, never behind the last time any script saw.
 local function load_state()
-  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'offset', 'dv', 'exp')
+  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'offset', 'dv', 'exp',
+                       'gen')
   local t = redis.call('TIME')
   local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(v[5]) or 0)
   local last = tonumber(v[1]) or 0
@@ -49,6 +50,9 @@ local function load_state()
   if not S.epoch then S.epoch = fmt(now) end
   S.dv = v[6] or '0'
   S.exp = tonumber(v[7]) or 0
+  -- Bumped by every anchor that moved a granted request later: bookings made against an
+  -- older generation check that they still fit when their owner next asks (check.lua).
+  S.gen = tonumber(v[8]) or 0
   S.horizon = 0
 end
 
@@ -375,7 +379,7 @@ end
 -- A booking ahead of now is held for its owner by a lease the owner keeps renewing; if the
 -- owner dies, reap() gives its place back (else a dead process's waiters would hold the
 -- budget for as many windows as they were queued ahead).
-local function ahead_blob(ws, slots, tokens, requests, at, seq)
+local function ahead_blob(ws, slots, tokens, requests, at, seq, gen)
   local blob = {tokens, requests, #ws}
   for i, w in ipairs(ws) do
     blob[#blob + 1] = w.id
@@ -385,24 +389,25 @@ local function ahead_blob(ws, slots, tokens, requests, at, seq)
   blob[#blob + 1] = at
   blob[#blob + 1] = seq
   blob[#blob + 1] = ws.spec
+  blob[#blob + 1] = gen
   return cmsgpack.pack(blob)
 end
 
--- The booking as its waiting record holds it: at, slots, seq, spec (nil for a record
+-- The booking as its waiting record holds it: at, slots, seq, spec, gen (nil for a record
 -- written before records carried them).
 local function read_ahead(b)
   local n = b[3]
-  local at, seq, spec = b[3 * n + 4], b[3 * n + 5], b[3 * n + 6]
+  local at, seq, spec, gen = b[3 * n + 4], b[3 * n + 5], b[3 * n + 6], b[3 * n + 7]
   if not (at and seq and spec) then return nil end
   local slots = {}
   for i = 1, n do slots[i] = b[3 * i + 3] end
-  return at, slots, seq, spec
+  return at, slots, seq, spec, gen or 0
 end
 
 local function hold_ahead(member, ws, slots, tokens, requests, lease, at)
   local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
   redis.call('ZADD', KEYS[7], fmt(S.now + lease), member)
-  redis.call('HSET', KEYS[8], member, ahead_blob(ws, slots, tokens, requests, at, seq))
+  redis.call('HSET', KEYS[8], member, ahead_blob(ws, slots, tokens, requests, at, seq, S.gen))
   keep(KEYS[7], lease * 1000 + SLACK_MS)
   keep(KEYS[8], lease * 1000 + SLACK_MS)
 end
@@ -470,13 +475,30 @@ local function book_and_reply(ws, member, tokens, requests, maxif, lease, status
   return booked_reply(status, at, slots)
 end
 
--- Re-book every booking still waiting (held ahead of now), whoever owns it, in arrival
--- order: from the first one a pause caught onward (only_behind_pause), or all of them (after
--- an anchor moved a granted request later). As limiter/memory.py's _rebook_waiting, except
--- that a booking never moves earlier than it was: its owner may be asleep until its old time
--- and learns the new one only when it wakes (check.lua), so an earlier slot would count a
--- request before it really leaves. Returns how many moved.
-local function rebook_waiting(reg, only_behind_pause)
+-- Whether the window ending at ``at`` holds the booking in ``slots``, given what was granted
+-- since it was booked (limiter/memory.py's _still_fits): the window ending at a grant is the
+-- only one a later anchor can break.
+local function still_fits(ws, slots, at)
+  for i, w in ipairs(ws) do
+    local key = slots[i]
+    if key then
+      local r, used = ring(w), 0
+      for j = 1, #r, 2 do
+        if r[j] <= key and expiry(w, r[j]) > at then used = used + r[j + 1] end
+      end
+      if used > w.amount + 1e-9 then return false end
+    end
+  end
+  return true
+end
+
+-- Re-book bookings still waiting (held ahead of now), whoever owns them, in arrival order,
+-- from the first one for which starts(entry) holds (a pause: the first it caught; a waiter an
+-- anchor broke: that waiter). As limiter/memory.py's _rebook_waiting, a booking never moves
+-- earlier than it was: its owner may be asleep until its old time and learns the new one
+-- only when it wakes (check.lua), so an earlier slot would count a request before it really
+-- leaves. Returns how many moved.
+local function rebook_waiting(reg, starts)
   local all = redis.call('HGETALL', KEYS[8])
   local list = {}
   for i = 1, #all, 2 do
@@ -487,23 +509,28 @@ local function rebook_waiting(reg, only_behind_pause)
                          slots = slots, seq = seq, spec = spec}
     end
   end
-  if #list == 0 then return 0 end
   table.sort(list, function(x, y)
     if x.at ~= y.at then return x.at < y.at end
     return x.seq < y.seq
   end)
-  -- Sorted by time: if the first is not caught by the pause, none is.
-  if only_behind_pause and list[1].at >= S.pause then return 0 end
-  for _, e in ipairs(list) do
+  local first = nil
+  for i, e in ipairs(list) do
+    if starts(e) then first = i break end
+  end
+  if not first then return 0 end
+  local moving = {}
+  for i = first, #list do moving[#moving + 1] = list[i] end
+  for _, e in ipairs(moving) do
     e.ws = parse_windows(e.spec, reg)
     unbook(e.ws, e.slots, e.tokens, e.requests)
   end
   rewind_tail(reg.list, math.huge)
-  for _, e in ipairs(list) do
+  if first > 1 and list[first - 1].at > S.tail then S.tail = list[first - 1].at end
+  for _, e in ipairs(moving) do
     local at, slots = book(e.ws, e.tokens, e.requests, e.at)
     if at then
       redis.call('HSET', KEYS[8], e.member,
-                 ahead_blob(e.ws, slots, e.tokens, e.requests, at, e.seq))
+                 ahead_blob(e.ws, slots, e.tokens, e.requests, at, e.seq, S.gen))
     else
       -- A monthly budget would make it wait for hours: its owner's next delay() finds the
       -- record gone, books again and is told so (BudgetExhausted).
@@ -511,5 +538,5 @@ local function rebook_waiting(reg, only_behind_pause)
       stat('tokens_reserved', -e.tokens)
     end
   end
-  return #list
+  return #moving
 end

@@ -10,7 +10,7 @@ if stop > S.pause then
   -- Every booking made since the last pause already sits behind it: only a longer pause
   -- can catch a waiter. Re-booked now, in order, rather than each by its owner when it
   -- wakes, which would put it behind everyone who arrived meanwhile.
-  moved = rebook_waiting(reg, true)
+  moved = rebook_waiting(reg, function(e) return e.at < S.pause end)
 end
 if ARGV[2] == '1' then stat('rate_limited_seen', 1) end
 save(reg.list)
