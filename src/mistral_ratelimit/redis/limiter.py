@@ -109,6 +109,11 @@ class _Booking:
     hint_gen: int = 0
     failing_since: float | None = None
     local: Reservation | None = None  # served by the in-memory fallback
+    #: When it was due on this process's monotonic clock, read from the last reply that
+    #: set its time: the script's time mapped back to when the call was sent (the earliest
+    #: the script can have run), so the lateness it feeds into anchor() is never too small.
+    due_mono: float = 0.0
+    asked_mono: float = 0.0  # when the call behind the last reply was sent
 
 
 @dataclass
@@ -500,6 +505,7 @@ class RedisRateLimiter:
             try:
                 if self._outage is not None:
                     yield from self._recovery_steps()
+                b.asked_mono = time.monotonic()
                 reply = _text((yield _Eval("reserve", self._reserve_args(res, b)))).split()
             except Exception as exc:
                 wait = self._on_backend_error(exc, since, attempt)
@@ -553,6 +559,7 @@ class RedisRateLimiter:
                 self._track(b)
                 b.counted = at <= now
                 b.hint, b.hint_mono, b.hint_gen = at - now, time.monotonic(), self._rebook_gen
+                b.due_mono = b.asked_mono + (at - now)
         if b.leased or b.ahead:
             self._ensure_heartbeat()
         if dv != self._dv:
@@ -646,6 +653,7 @@ class RedisRateLimiter:
         try:
             if self._outage is not None and not self._is_down():
                 yield from self._recovery_steps()
+            b.asked_mono = time.monotonic()
             reply = _text((yield _Eval("check", self._check_args(res, b)))).split()
         except Exception as exc:
             if b.failing_since is None:
@@ -664,6 +672,7 @@ class RedisRateLimiter:
         if status == "ok" and res.state is State.SCHEDULED:
             at, now = float(reply[1]), float(reply[2])
             self._learn_clock(now)
+            b.due_mono = b.asked_mono + (at - now)
             if at > now:
                 return at - now
             b.counted = True
@@ -826,11 +835,17 @@ class RedisRateLimiter:
         await self._arun(self._pause_op(seconds, rate_limited))
 
     def _anchor_op(self, res: Reservation, lag: float) -> _Op[None]:
-        if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag <= self._margin:
+        if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag < 0:
             return
         b = self._bookings.get(res)
         with self._lock:
             if b is None or res.state is not State.GRANTED or res.settled:
+                return
+            if res.due_local > 0 and b.due_mono > 0:
+                # The lag is counted from ``due_local``, when this process learnt it could
+                # go; it was due on Redis's clock a reply's trip (and a busy loop) earlier.
+                lag += max(0.0, res.due_local - b.due_mono)
+            if lag <= self._margin:
                 return
             at, slots = res.at, self._slots(res, b)
         if b.local is not None:
