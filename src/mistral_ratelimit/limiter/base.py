@@ -8,8 +8,10 @@ the in-flight slot. Each of ``cancel``, ``settle`` and ``release`` takes effect 
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -75,6 +77,43 @@ class LimiterStats:
     estimate_error_mean: float = 0.0  # mean of (estimated - actual) / actual prompt tokens
     estimate_error_abs_mean: float = 0.0
     limits: tuple[Limit, ...] = ()
+
+
+class Counters(collections.defaultdict[str, float]):
+    """The running figures behind :class:`LimiterStats`; the owner holds its lock."""
+
+    def __init__(self) -> None:
+        super().__init__(float)
+
+    def record_estimate(self, estimated: float, actual: float) -> None:
+        if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):
+            return
+        err = (estimated - actual) / actual
+        self["estimate_samples"] += 1
+        self["estimate_error_sum"] += err
+        self["estimate_error_abs_sum"] += abs(err)
+
+    def snapshot(
+        self, *, in_flight: int, queued: int, paused_until: float, limits: tuple[Limit, ...]
+    ) -> LimiterStats:
+        n = self["estimate_samples"]
+        return LimiterStats(
+            requests_admitted=int(self["requests_admitted"]),
+            requests_cancelled=int(self["requests_cancelled"]),
+            wait_seconds_total=self["wait_seconds_total"],
+            wait_seconds_max=self["wait_seconds_max"],
+            tokens_reserved=self["tokens_reserved"],
+            tokens_refunded=self["tokens_refunded"],
+            tokens_charged=self["tokens_charged"],
+            in_flight=in_flight,
+            queued=queued,
+            paused_until=max(0.0, paused_until),
+            rate_limited_seen=int(self["rate_limited_seen"]),
+            estimate_samples=int(n),
+            estimate_error_mean=self["estimate_error_sum"] / n if n else 0.0,
+            estimate_error_abs_mean=self["estimate_error_abs_sum"] / n if n else 0.0,
+            limits=limits,
+        )
 
 
 @runtime_checkable

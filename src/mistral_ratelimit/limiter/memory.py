@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 
 from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BudgetExhausted, RequestTooLarge
-from .base import LimiterStats, ObservedLimit, Reservation, State
+from .base import Counters, LimiterStats, ObservedLimit, Reservation, State
 from .window import WindowState
 
 #: Longest pause a single signal may impose; larger Retry-After values are clamped.
@@ -99,7 +99,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._paused_until = -math.inf
         self._inflight = 0
         self._queue: collections.deque[Reservation] = collections.deque()
-        self._s: dict[str, float] = collections.defaultdict(float)
+        self._s = Counters()
 
     # -- introspection ------------------------------------------------------------------
     def now(self) -> float:
@@ -514,32 +514,14 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._horizon_for = None
 
     def record_estimate(self, estimated: float, actual: float) -> None:
-        if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):
-            return
-        err = (estimated - actual) / actual
         with self._lock:
-            self._s["estimate_samples"] += 1
-            self._s["estimate_error_sum"] += err
-            self._s["estimate_error_abs_sum"] += abs(err)
+            self._s.record_estimate(estimated, actual)
 
     def stats(self) -> LimiterStats:
         with self._lock:
-            s = self._s
-            n = s["estimate_samples"]
-            return LimiterStats(
-                requests_admitted=int(s["requests_admitted"]),
-                requests_cancelled=int(s["requests_cancelled"]),
-                wait_seconds_total=s["wait_seconds_total"],
-                wait_seconds_max=s["wait_seconds_max"],
-                tokens_reserved=s["tokens_reserved"],
-                tokens_refunded=s["tokens_refunded"],
-                tokens_charged=s["tokens_charged"],
+            return self._s.snapshot(
                 in_flight=self._inflight,
                 queued=len(self._queue),
-                paused_until=max(0.0, self._paused_until),
-                rate_limited_seen=int(s["rate_limited_seen"]),
-                estimate_samples=int(n),
-                estimate_error_mean=s["estimate_error_sum"] / n if n else 0.0,
-                estimate_error_abs_mean=s["estimate_error_abs_sum"] / n if n else 0.0,
+                paused_until=self._paused_until,
                 limits=self.limits,
             )

@@ -24,7 +24,6 @@ import secrets
 import threading
 import time
 import weakref
-from collections import defaultdict
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -36,7 +35,7 @@ import redis.exceptions
 
 from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
-from ..limiter.base import LimiterStats, ObservedLimit, Reservation, State
+from ..limiter.base import Counters, LimiterStats, ObservedLimit, Reservation, State
 from ..limiter.memory import LONG_WINDOW_SECONDS, MAX_PAUSE_SECONDS, RateLimiter, clean_amount
 from .connections import AnyClient, Connections
 from .scripts import Keys, WindowSpec, namespace_for, window_spec
@@ -235,7 +234,7 @@ class RedisRateLimiter:
         self._held: set[str] = set()
         self._inflight_local = 0
         self._queued_local = 0
-        self._s: dict[str, float] = defaultdict(float)
+        self._s = Counters()
         # Redis's clock minus ours, learnt from every reply; until the first reply both are
         # Unix time, which is what Redis TIME returns.
         self._offset = time.time() - time.monotonic()
@@ -1001,35 +1000,17 @@ class RedisRateLimiter:
         await self._arun(self._adopt_op(observed))
 
     def record_estimate(self, estimated: float, actual: float) -> None:
-        if not (actual > 0 and math.isfinite(estimated) and math.isfinite(actual)):
-            return
-        err = (estimated - actual) / actual
         with self._lock:
-            self._s["estimate_samples"] += 1
-            self._s["estimate_error_sum"] += err
-            self._s["estimate_error_abs_sum"] += abs(err)
+            self._s.record_estimate(estimated, actual)
 
     # -- stats ------------------------------------------------------------------------------
     def local_stats(self) -> LimiterStats:
         """What this process alone did (``in_flight`` and ``queued`` are this process's)."""
         with self._lock:
-            s = self._s
-            n = s["estimate_samples"]
-            return LimiterStats(
-                requests_admitted=int(s["requests_admitted"]),
-                requests_cancelled=int(s["requests_cancelled"]),
-                wait_seconds_total=s["wait_seconds_total"],
-                wait_seconds_max=s["wait_seconds_max"],
-                tokens_reserved=s["tokens_reserved"],
-                tokens_refunded=s["tokens_refunded"],
-                tokens_charged=s["tokens_charged"],
+            return self._s.snapshot(
                 in_flight=self._inflight_local,
                 queued=self._queued_local,
-                paused_until=max(0.0, s["paused_until"]),
-                rate_limited_seen=int(s["rate_limited_seen"]),
-                estimate_samples=int(n),
-                estimate_error_mean=s["estimate_error_sum"] / n if n else 0.0,
-                estimate_error_abs_mean=s["estimate_error_abs_sum"] / n if n else 0.0,
+                paused_until=self._s["paused_until"],
                 limits=self.limits,
             )
 
