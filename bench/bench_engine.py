@@ -286,6 +286,24 @@ def crowd_ours() -> Crowd:
     return (lambda: aacquire(limiter, 0)), (lambda: None)
 
 
+def crowd_ours_anchored() -> Crowd:
+    """As the transports use it: a waiter that woke late says so with ``anchor``, which
+    books it from when it really went; waiters behind it re-check before they go."""
+    from mistral_ratelimit.config import Limit, RatelimitConfig
+    from mistral_ratelimit.limiter import RateLimiter, aacquire
+
+    limiter = RateLimiter(
+        RatelimitConfig(api_key="sk-bench"), limits=[Limit(WAVE, WAVE_SECONDS, "requests")]
+    )
+
+    async def acquire() -> object:
+        res = await aacquire(limiter, 0)
+        limiter.anchor(res, max(0.0, time.monotonic() - res.due_local))
+        return res
+
+    return acquire, (lambda: None)
+
+
 def crowd_aiolimiter() -> Crowd:
     from aiolimiter import AsyncLimiter
 
@@ -365,6 +383,7 @@ def measure_crowds(waiters: int) -> list[CrowdRow]:
     rows = []
     for name, make in (
         ("mistral-ratelimit", crowd_ours),
+        ("mistral-ratelimit + anchor", crowd_ours_anchored),
         ("aiolimiter", crowd_aiolimiter),
         ("pyrate-limiter", crowd_pyrate),
     ):
