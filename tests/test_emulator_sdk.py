@@ -1,21 +1,31 @@
-"""The real mistralai SDK (3.x on httpx2 here, 2.x on httpx under `make test-sdk2`) parses
+"""The real mistralai SDK (3.x on httpx2 here, 2.x on httpx under `make test-sdk2`, 1.x by hand) parses
 every emulator response: Conversations (JSON and streams), Agents CRUD and Models."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
-from mistralai.client import Mistral, models
-from mistralai.client.errors import SDKError
-
 from mistral_ratelimit.emulator import Emulator
+from mistral_ratelimit.sdk import detect_sdk_line
+
+# Whichever line is installed: 1.x has these at the top of ``mistralai``, 2.x and 3.x
+# under ``mistralai.client``.
+LINE = detect_sdk_line()
+if TYPE_CHECKING:
+    from mistralai.client import Mistral, models
+    from mistralai.client.errors import SDKError
+else:
+    Mistral = LINE.mistral_class
+    models = importlib.import_module(f"{LINE.package}.models")
+    SDKError = LINE.sdk_error_class
 
 pytestmark = pytest.mark.sdk
 
@@ -174,7 +184,10 @@ def test_agents_crud_and_agent_conversation(client: Mistral) -> None:
     assert updated.version == 1 and updated.versions == [0, 1]
     assert updated.description == "updated"
     assert client.beta.agents.get(agent_id=agent.id).name == "helper"
-    with pytest.warns(DeprecationWarning):
+    if LINE.major >= 2:  # later lines deprecate list() for list_pages()
+        with pytest.warns(DeprecationWarning):
+            listed = client.beta.agents.list()
+    else:
         listed = client.beta.agents.list()
     assert agent.id in {a.id for a in listed}
 
