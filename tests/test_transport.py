@@ -662,3 +662,38 @@ def test_skip_needs_a_real_true(lib_name: str) -> None:
             extensions={"mistral_ratelimit": {"skip": "false"}},
         )
     assert limiter.stats().requests_admitted == 1
+
+
+def test_transports_on_one_limiter_share_what_they_learnt(lib_name: str) -> None:
+    # The README's bring-your-own-client pattern: a sync and an async transport built
+    # separately on one limiter. The async append must know the history the sync start
+    # learnt (28 tokens), not assume the unknown-history default.
+    lib, mr = LIBS[lib_name]
+    cfg = config(unknown_history_tokens=50_000)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+    sync = mr.RateLimitTransport(lib.MockTransport(script), limiter=limiter, config=cfg)
+    other = mr.AsyncRateLimitTransport(
+        lib.MockTransport(script), limiter=limiter, config=cfg.replace(default_max_tokens=10)
+    )
+    with lib.Client(transport=sync, base_url="https://api.mistral.ai") as client:
+        client.post("/v1/conversations", json=START_BODY)
+    before = limiter.stats().tokens_reserved
+
+    async def append() -> None:
+        async with lib.AsyncClient(transport=other, base_url="https://api.mistral.ai") as c:
+            await c.post("/v1/conversations/conv_1", json={"inputs": "and Italy?"})
+
+    anyio.run(append)
+    reserved = limiter.stats().tokens_reserved - before
+    # history 28 + a few tokens of input + the other config's 10 output tokens
+    assert 28 + 10 < reserved < 100
+    assert other.estimator.history is sync.estimator.history
+
+
+def test_package_top_level_exports_the_httpx_transports() -> None:
+    import mistral_ratelimit as mr
+
+    assert mr.RateLimitTransport is mr_httpx.RateLimitTransport
+    assert mr.AsyncRateLimitTransport is mr_httpx.AsyncRateLimitTransport
+    assert {"RateLimitTransport", "AsyncRateLimitTransport"} <= set(mr.__all__)

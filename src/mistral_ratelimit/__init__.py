@@ -4,10 +4,12 @@ import logging
 
 from .config import Limit, RatelimitConfig
 from .errors import BackendUnavailable, BudgetExhausted, RatelimitError, RequestTooLarge
+from .httpx import AsyncRateLimitTransport, RateLimitTransport
 from .limiter import Limiter, LimiterStats, RateLimiter, Reservation
 from .mistral import MissingApiKey, MistralRatelimitClient
 
 __all__ = [
+    "AsyncRateLimitTransport",
     "BackendUnavailable",
     "BudgetExhausted",
     "Limit",
@@ -15,6 +17,7 @@ __all__ = [
     "LimiterStats",
     "MissingApiKey",
     "MistralRatelimitClient",
+    "RateLimitTransport",
     "RateLimiter",
     "RatelimitConfig",
     "RatelimitError",

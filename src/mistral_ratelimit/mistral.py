@@ -14,7 +14,6 @@ import logging
 from types import TracebackType
 from typing import Any
 
-from .accounting.request import Estimator
 from .config import RatelimitConfig
 from .errors import RatelimitError
 from .limiter.base import Limiter, LimiterStats
@@ -26,6 +25,7 @@ from .sdk import (
     install_retry_note,
     is_loopback_url,
 )
+from .transport import shared_estimator
 
 log = logging.getLogger("mistral_ratelimit")
 
@@ -82,9 +82,10 @@ class MistralRatelimitClient:
             api_key = LOCAL_SERVER_KEY
         self.sdk_line: SdkLine = detect_sdk_line()
         self.limiter: Limiter = limiter if limiter is not None else RateLimiter(self.config)
-        # One estimator for both directions, so a conversation started with the sync client
-        # and appended to from async code is costed with its known history.
-        self.estimator = Estimator.from_config(self.config)
+        # One estimator for both directions (and every other client on this limiter), so a
+        # conversation started with the sync client and appended to from async code is
+        # costed with its known history.
+        self.estimator = shared_estimator(self.limiter, self.config)
         line = self.sdk_line
         http = line.http
         if async_transport is None:

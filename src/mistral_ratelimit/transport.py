@@ -4,7 +4,9 @@ drive the lifecycle, wrap the response stream. No retry or accounting logic live
 from __future__ import annotations
 
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,6 +94,24 @@ def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
     )
 
 
+_shared_estimators: weakref.WeakKeyDictionary[Any, Estimator] = weakref.WeakKeyDictionary()
+_shared_lock = threading.Lock()
+
+
+def shared_estimator(limiter: Limiter, config: RatelimitConfig) -> Estimator:
+    """The estimator of every transport on ``limiter``: a conversation started through one
+    client (sync) and appended to through another (async) is costed with its known history,
+    which an estimator of its own would price at ``unknown_history_tokens``."""
+    with _shared_lock:
+        try:
+            first = _shared_estimators.get(limiter)
+            if first is None:
+                first = _shared_estimators[limiter] = Estimator.from_config(config)
+        except TypeError:  # a limiter that cannot be weakly referenced: nothing to share
+            return Estimator.from_config(config)
+        return first.sharing(config)
+
+
 class _Core:
     """Construction shared by all four transport classes."""
 
@@ -105,7 +125,9 @@ class _Core:
     ) -> None:
         self.config = config if config is not None else RatelimitConfig.from_env()
         self.limiter: Limiter = limiter if limiter is not None else RateLimiter(self.config)
-        self.estimator = estimator if estimator is not None else Estimator.from_config(self.config)
+        self.estimator = (
+            estimator if estimator is not None else shared_estimator(self.limiter, self.config)
+        )
         self.lifecycle = Lifecycle(self.limiter, self.estimator, self.config)
         preload_in_background()
         self.transport = transport if transport is not None else self._default_transport()

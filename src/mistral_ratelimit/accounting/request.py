@@ -221,11 +221,15 @@ class Estimator:
         default_max_tokens: int = 1024,
         unknown_history_tokens: int = 2048,
         history_size: int = 10_000,
+        history: ConversationHistory | None = None,
+        correction: ModelCorrection | None = None,
     ) -> None:
         self.default_max_tokens = max(0, int(default_max_tokens))
         self.unknown_history_tokens = max(0, int(unknown_history_tokens))
-        self.history = ConversationHistory(history_size)
-        self.correction = ModelCorrection()
+        # What the server taught (conversation sizes, per-model corrections) may be shared
+        # by estimators with different settings: see ``sharing``.
+        self.history = history if history is not None else ConversationHistory(history_size)
+        self.correction = correction if correction is not None else ModelCorrection()
         self._pending: OrderedDict[int, _Pending] = OrderedDict()
         self._lock = threading.Lock()
         #: Estimates that fell back to the body's byte length because reading it failed.
@@ -236,6 +240,21 @@ class Estimator:
         return cls(
             default_max_tokens=config.default_max_tokens,
             unknown_history_tokens=config.unknown_history_tokens,
+        )
+
+    def sharing(self, config: RatelimitConfig) -> Estimator:
+        """An estimator with ``config``'s settings that learns into the same history and
+        corrections as this one (itself, when the settings are the same)."""
+        if (self.default_max_tokens, self.unknown_history_tokens) == (
+            config.default_max_tokens,
+            config.unknown_history_tokens,
+        ):
+            return self
+        return Estimator(
+            default_max_tokens=config.default_max_tokens,
+            unknown_history_tokens=config.unknown_history_tokens,
+            history=self.history,
+            correction=self.correction,
         )
 
     # -- estimating ---------------------------------------------------------------------
