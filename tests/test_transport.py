@@ -1,4 +1,8 @@
-"""The transports over MockTransport inner transports: httpx and httpx2, sync and async."""
+"""The transports, httpx and httpx2, sync and async, each case played by a scripted server
+over three wires: ``MockTransport``; a real socket (``scripted_server.py``, through the
+library's own ``HTTPTransport``); and pytest-httpx intercepting ``httpx.HTTPTransport``.
+Cases that need what only a mock can do (raise inside the transport, see what the server
+produced before the caller read it) run on the mock wire alone."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import email.utils
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -17,6 +22,7 @@ import pytest
 from mistral_ratelimit import BudgetExhausted, Limit, RatelimitConfig, RateLimiter, RequestTooLarge
 from mistral_ratelimit import httpx as mr_httpx
 from mistral_ratelimit import httpx2 as mr_httpx2
+from scripted_server import ScriptedServer
 
 LIBS = {"httpx": (httpx, mr_httpx), "httpx2": (httpx2, mr_httpx2)}
 
@@ -103,29 +109,86 @@ def too_many(lib: Any, headers: dict[str, str] | None = None) -> Callable[[Any],
     return lambda req: lib.Response(429, json=RATE_LIMITED, headers=headers or {})
 
 
-def sync_client(lib_name: str, script: Script, limiter: RateLimiter, cfg: RatelimitConfig) -> Any:
+@dataclass
+class Rig:
+    """A client library and a wire to the scripted server."""
+
+    lib: Any  # httpx or httpx2
+    mr: Any  # mistral_ratelimit.httpx or mistral_ratelimit.httpx2
+    wire: str  # "mock", "socket" or "pytest-httpx"
+    server: ScriptedServer | None = None
+    httpx_mock: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return self.server.url if self.server is not None else "https://api.mistral.ai"
+
+    def inner(self, script: Script) -> Any:
+        """The inner transport that plays ``script`` (None: the library's own)."""
+        if self.wire == "mock":
+            return self.lib.MockTransport(script)
+        if self.server is not None:
+            self.server.script = script
+        else:
+            self.httpx_mock.add_callback(script, is_reusable=True, is_optional=True)
+        return None
+
+    def sync_client(self, script: Script, limiter: RateLimiter, cfg: RatelimitConfig) -> Any:
+        transport = self.mr.RateLimitTransport(self.inner(script), limiter=limiter, config=cfg)
+        return self.lib.Client(transport=transport, base_url=self.base_url)
+
+    def async_client(self, script: Script, limiter: RateLimiter, cfg: RatelimitConfig) -> Any:
+        transport = self.mr.AsyncRateLimitTransport(self.inner(script), limiter=limiter, config=cfg)
+        return self.lib.AsyncClient(transport=transport, base_url=self.base_url)
+
+    def connections(self, script: Script) -> set[int] | None:
+        """The TCP connections the script's requests came on (None: no socket)."""
+        if self.server is None:
+            return None
+        return {call.extensions["connection"] for call in script.calls}
+
+
+WIRES = [
+    ("httpx", "mock"),
+    ("httpx2", "mock"),
+    ("httpx", "socket"),
+    ("httpx2", "socket"),
+    ("httpx", "pytest-httpx"),
+]
+
+
+@pytest.fixture(scope="module")
+def scripted_server() -> Iterator[ScriptedServer]:
+    with ScriptedServer() as server:
+        yield server
+
+
+def _rig(request: pytest.FixtureRequest, server: ScriptedServer) -> Rig:
+    lib_name, wire = request.param
     lib, mr = LIBS[lib_name]
-    transport = mr.RateLimitTransport(lib.MockTransport(script), limiter=limiter, config=cfg)
-    return lib.Client(transport=transport, base_url="https://api.mistral.ai")
+    if wire == "socket":
+        return Rig(lib, mr, wire, server=server)
+    if wire == "pytest-httpx":
+        return Rig(lib, mr, wire, httpx_mock=request.getfixturevalue("httpx_mock"))
+    return Rig(lib, mr, wire)
 
 
-def async_client(lib_name: str, script: Script, limiter: RateLimiter, cfg: RatelimitConfig) -> Any:
-    lib, mr = LIBS[lib_name]
-    transport = mr.AsyncRateLimitTransport(lib.MockTransport(script), limiter=limiter, config=cfg)
-    return lib.AsyncClient(transport=transport, base_url="https://api.mistral.ai")
+@pytest.fixture(params=WIRES, ids=["-".join(w) for w in WIRES])
+def rig(request: pytest.FixtureRequest, scripted_server: ScriptedServer) -> Rig:
+    return _rig(request, scripted_server)
 
 
-@pytest.fixture(params=["httpx", "httpx2"])
-def lib_name(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture(params=WIRES[:2], ids=["-".join(w) for w in WIRES[:2]])
+def mock_rig(request: pytest.FixtureRequest, scripted_server: ScriptedServer) -> Rig:
+    return _rig(request, scripted_server)
 
 
-def test_json_usage_is_settled_sync(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_json_usage_is_settled_sync(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         r = client.post("/v1/conversations", json=START_BODY)
     assert r.json()["usage"] == USAGE
     s = limiter.stats()
@@ -135,14 +198,14 @@ def test_json_usage_is_settled_sync(lib_name: str) -> None:
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
 
 
-def test_json_usage_is_settled_async(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_json_usage_is_settled_async(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_concurrency=2)
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
 
     async def main() -> None:
-        async with async_client(lib_name, script, limiter, cfg) as client:
+        async with rig.async_client(script, limiter, cfg) as client:
             for _ in range(3):
                 r = await client.post("/v1/conversations", json=START_BODY)
                 assert r.status_code == 200
@@ -154,8 +217,8 @@ def test_json_usage_is_settled_async(lib_name: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_sse_stream_settles_from_done_event(lib_name: str, backend: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_sse_stream_settles_from_done_event(rig: Rig, backend: str) -> None:
+    lib = rig.lib
     cfg = config(max_concurrency=1)
     limiter = RateLimiter(cfg)
 
@@ -172,7 +235,7 @@ def test_sse_stream_settles_from_done_event(lib_name: str, backend: str) -> None
     got = bytearray()
 
     async def main() -> None:
-        async with async_client(lib_name, script, limiter, cfg) as client:
+        async with rig.async_client(script, limiter, cfg) as client:
             body = dict(START_BODY, stream=True)
             async with client.stream("POST", "/v1/conversations", json=body) as r:
                 assert limiter.stats().in_flight == 1  # the stream holds its slot
@@ -186,9 +249,9 @@ def test_sse_stream_settles_from_done_event(lib_name: str, backend: str) -> None
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
 
 
-def test_stream_passes_chunks_through_as_they_come(lib_name: str) -> None:
+def test_stream_passes_chunks_through_as_they_come(mock_rig: Rig) -> None:
     """The caller sees the first chunk before the server has produced the second one."""
-    lib = LIBS[lib_name][0]
+    lib = mock_rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     produced: list[int] = []
@@ -205,7 +268,7 @@ def test_stream_passes_chunks_through_as_they_come(lib_name: str) -> None:
         ),
     )
     with (
-        sync_client(lib_name, script, limiter, cfg) as client,
+        mock_rig.sync_client(script, limiter, cfg) as client,
         client.stream("POST", "/v1/conversations", json=dict(START_BODY, stream=True)) as r,
     ):
         it = r.iter_raw()
@@ -216,8 +279,8 @@ def test_stream_passes_chunks_through_as_they_come(lib_name: str) -> None:
     assert first + rest == STREAM + b"\n\n"
 
 
-def test_stream_closed_early_stays_charged(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_stream_closed_early_stays_charged(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     cut = STREAM[: STREAM.index(b"event: conversation.response.done")]
@@ -228,7 +291,7 @@ def test_stream_closed_early_stays_charged(lib_name: str) -> None:
         ),
     )
     with (
-        sync_client(lib_name, script, limiter, cfg) as client,
+        rig.sync_client(script, limiter, cfg) as client,
         client.stream("POST", "/v1/conversations", json=dict(START_BODY, stream=True)) as r,
     ):
         r.read()
@@ -240,15 +303,15 @@ def test_stream_closed_early_stays_charged(lib_name: str) -> None:
     assert s.in_flight == 0
 
 
-def test_three_429s_then_200_on_one_pooled_connection(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_three_429s_then_200_on_one_pooled_connection(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=3)
     limiter = RateLimiter(cfg)
     headers = {"retry-after-ms": "10"}
     script = Script(
         lib, too_many(lib, headers), too_many(lib, headers), too_many(lib, headers), ok_json(lib)
     )
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         r = client.post("/v1/conversations", json=START_BODY)
     assert r.status_code == 200
     assert len(script.calls) == 4
@@ -256,14 +319,93 @@ def test_three_429s_then_200_on_one_pooled_connection(lib_name: str) -> None:
     assert s.rate_limited_seen == 3
     assert s.requests_admitted == 4  # every attempt takes a new reservation
     assert s.in_flight == 0
+    # Each 429 was read and closed, so its connection went back to the pool and was reused.
+    assert rig.connections(script) in (None, {min(rig.connections(script) or {0})})
 
 
-def test_retries_exhausted_returns_last_429_as_is(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def chunked(lib: Any, status: int, body: dict[str, Any]) -> Callable[[Any], Any]:
+    """An error reply of unknown length, as a proxy or HTTP/2 may send it."""
+    return lambda req: lib.Response(
+        status,
+        headers={"content-type": "application/json"},
+        stream=lib.ByteStream(json.dumps(body).encode()),
+    )
+
+
+CAPACITY = {
+    "object": "error",
+    "message": "Service tier capacity exceeded for this model.",
+    "type": "service_tier_capacity_exceeded",
+    "param": None,
+    "code": "3505",
+}
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_capacity_error_of_unknown_length_is_recognised(rig: Rig, status: int) -> None:
+    lib = rig.lib
+    cfg = config(max_retries=1, capacity_backoff_factor=1.0)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, chunked(lib, status, CAPACITY), ok_json(lib))
+    with rig.sync_client(script, limiter, cfg) as client:
+        assert client.post("/v1/conversations", json=START_BODY).status_code == 200
+    assert len(script.calls) == 2
+    assert limiter.stats().rate_limited_seen == 0  # provider capacity, not our quota
+    assert limiter.stats().paused_until == 0  # nobody else was held back
+    assert rig.connections(script) in (None, {min(rig.connections(script) or {0})})
+
+
+def test_rate_limit_error_of_unknown_length_is_read_and_handed_back(rig: Rig) -> None:
+    lib = rig.lib
+    cfg = config(max_retries=1)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, chunked(lib, 429, RATE_LIMITED))
+    with rig.sync_client(script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    assert (r.status_code, r.json()) == (429, RATE_LIMITED)  # the body is whole for the SDK
+    assert len(script.calls) == 2
+    assert limiter.stats().rate_limited_seen == 2
+
+
+def test_error_bodies_of_unknown_length_async(rig: Rig) -> None:
+    lib = rig.lib
+    cfg = config(max_retries=1, capacity_backoff_factor=1.0)
+    limiter = RateLimiter(cfg)
+    huge = {"object": "error", "message": "x" * 200_000}
+    script = Script(lib, chunked(lib, 429, CAPACITY), chunked(lib, 503, huge))
+
+    async def main() -> Any:
+        async with rig.async_client(script, limiter, cfg) as client:
+            return await client.post("/v1/conversations", json=START_BODY)
+
+    r = anyio.run(main)
+    # The 429 said capacity (3505): retried without pausing anyone; the huge 503 could not
+    # be classified, so it came back whole.
+    assert (r.status_code, r.json()) == (503, huge)
+    assert len(script.calls) == 2
+    assert limiter.stats().rate_limited_seen == 0
+
+
+def test_huge_error_body_of_unknown_length_reaches_the_caller_whole(rig: Rig) -> None:
+    lib = rig.lib
+    cfg = config(max_retries=2)
+    limiter = RateLimiter(cfg)
+    huge = {"object": "error", "message": "x" * 200_000, "code": "3505"}
+    script = Script(lib, chunked(lib, 503, huge))
+    with rig.sync_client(script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    # Too big to classify: handed over as it came, every byte of it, and not retried.
+    assert r.status_code == 503
+    assert r.json() == huge
+    assert len(script.calls) == 1
+
+
+def test_retries_exhausted_returns_last_429_as_is(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=2)
     limiter = RateLimiter(cfg)
     script = Script(lib, too_many(lib, {"retry-after-ms": "1"}))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         r = client.post("/v1/conversations", json=START_BODY)
     assert r.status_code == 429
     assert r.json() == RATE_LIMITED
@@ -271,12 +413,12 @@ def test_retries_exhausted_returns_last_429_as_is(lib_name: str) -> None:
 
 
 @pytest.mark.parametrize("value", ["inf", "-1", "1e400", "nan", "soon", ""])
-def test_unusable_retry_after_falls_back_to_backoff(lib_name: str, value: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_unusable_retry_after_falls_back_to_backoff(rig: Rig, value: str) -> None:
+    lib = rig.lib
     cfg = config(max_retries=1)
     limiter = RateLimiter(cfg)
     script = Script(lib, too_many(lib, {"retry-after": value}), ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         r = client.post("/v1/conversations", json=START_BODY)
     assert r.status_code == 200
     assert len(script.calls) == 2
@@ -284,24 +426,24 @@ def test_unusable_retry_after_falls_back_to_backoff(lib_name: str, value: str) -
     assert limiter.stats().paused_until - limiter.now() <= cfg.max_delay
 
 
-def test_absurd_retry_after_is_clamped(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_absurd_retry_after_is_clamped(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=0)
     limiter = RateLimiter(cfg)
     script = Script(lib, too_many(lib, {"retry-after": "99999999999999999999"}))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).status_code == 429
     pause = limiter.stats().paused_until - limiter.now()
     assert 50 < pause <= 60.0
 
 
-def test_retry_after_http_date_pauses_every_caller(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_retry_after_http_date_pauses_every_caller(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=0)
     limiter = RateLimiter(cfg)
     when = email.utils.formatdate(time.time() + 30, usegmt=True)
     script = Script(lib, too_many(lib, {"retry-after": when}))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).status_code == 429
     pause = limiter.stats().paused_until - limiter.now()
     assert 25 < pause <= 31
@@ -311,8 +453,8 @@ def test_retry_after_http_date_pauses_every_caller(lib_name: str) -> None:
     limiter.cancel(res)
 
 
-def test_zero_limit_fails_fast(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_zero_limit_fails_fast(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=5)
     limiter = RateLimiter(cfg)
     script = Script(
@@ -321,14 +463,14 @@ def test_zero_limit_fails_fast(lib_name: str) -> None:
             lib, {"x-ratelimit-limit-req-minute": "0", "x-ratelimit-remaining-req-minute": "0"}
         ),
     )
-    with sync_client(lib_name, script, limiter, cfg) as client, pytest.raises(BudgetExhausted):
+    with rig.sync_client(script, limiter, cfg) as client, pytest.raises(BudgetExhausted):
         client.post("/v1/conversations", json=START_BODY)
     assert len(script.calls) == 1
     assert limiter.stats().in_flight == 0
 
 
-def test_capacity_error_is_retried(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_capacity_error_is_retried(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=2, capacity_backoff_factor=1.0)
     limiter = RateLimiter(cfg)
     capacity = {
@@ -339,28 +481,28 @@ def test_capacity_error_is_retried(lib_name: str) -> None:
         "code": "3505",
     }
     script = Script(lib, lambda req: lib.Response(503, json=capacity), ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).status_code == 200
     assert len(script.calls) == 2
     assert limiter.stats().rate_limited_seen == 0  # not our quota
 
 
 @pytest.mark.parametrize("opt_in", [False, True])
-def test_server_errors_retried_only_on_opt_in(lib_name: str, opt_in: bool) -> None:
-    lib = LIBS[lib_name][0]
+def test_server_errors_retried_only_on_opt_in(rig: Rig, opt_in: bool) -> None:
+    lib = rig.lib
     cfg = config(max_retries=2, retry_server_errors=opt_in)
     limiter = RateLimiter(cfg)
     script = Script(
         lib, lambda req: lib.Response(502, text="<html>bad gateway</html>"), ok_json(lib)
     )
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         status = client.post("/v1/conversations", json=START_BODY).status_code
     assert status == (200 if opt_in else 502)
     assert len(script.calls) == (2 if opt_in else 1)
 
 
-def test_connection_error_before_send_is_retried_and_given_back(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_connection_error_before_send_is_retried_and_given_back(mock_rig: Rig) -> None:
+    lib = mock_rig.lib
     cfg = config(max_retries=2)
     limiter = RateLimiter(cfg)
 
@@ -368,15 +510,15 @@ def test_connection_error_before_send_is_retried_and_given_back(lib_name: str) -
         raise lib.ConnectError("refused", request=req)
 
     script = Script(lib, refuse, ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with mock_rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).status_code == 200
     s = limiter.stats()
     assert s.requests_cancelled == 1  # the failed attempt gave its reservation back
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
 
 
-def test_read_error_after_send_is_not_retried(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_read_error_after_send_is_not_retried(mock_rig: Rig) -> None:
+    lib = mock_rig.lib
     cfg = config(max_retries=3)
     limiter = RateLimiter(cfg)
 
@@ -384,7 +526,7 @@ def test_read_error_after_send_is_not_retried(lib_name: str) -> None:
         raise lib.ReadTimeout("slow", request=req)
 
     script = Script(lib, broken)
-    with sync_client(lib_name, script, limiter, cfg) as client, pytest.raises(lib.ReadTimeout):
+    with mock_rig.sync_client(script, limiter, cfg) as client, pytest.raises(lib.ReadTimeout):
         client.post("/v1/conversations", json=START_BODY)
     assert len(script.calls) == 1
     s = limiter.stats()
@@ -392,8 +534,8 @@ def test_read_error_after_send_is_not_retried(lib_name: str) -> None:
     assert s.tokens_reserved > 0  # it may have reached the model: stays charged
 
 
-def test_streaming_request_body_is_buffered_once_and_replayed(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_streaming_request_body_is_buffered_once_and_replayed(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(max_retries=1)
     limiter = RateLimiter(cfg)
     payload = json.dumps(START_BODY).encode()
@@ -403,7 +545,7 @@ def test_streaming_request_body_is_buffered_once_and_replayed(lib_name: str) -> 
         yield payload[:10]
         yield payload[10:]
 
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         r = client.post(
             "/v1/conversations", content=body(), headers={"content-type": "application/json"}
         )
@@ -411,52 +553,59 @@ def test_streaming_request_body_is_buffered_once_and_replayed(lib_name: str) -> 
     assert [c.content for c in script.calls] == [payload, payload]  # never re-sent empty
 
 
-def test_request_too_large_fails_at_once(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_request_too_large_fails_at_once(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(tokens_per_minute=50)
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client, pytest.raises(RequestTooLarge):
+    with rig.sync_client(script, limiter, cfg) as client, pytest.raises(RequestTooLarge):
         client.post("/v1/conversations", json=START_BODY)  # 100 max_tokens > 50 per minute
     assert script.calls == []
 
 
-def test_extensions_skip_and_force_cost(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_extensions_skip_and_force_cost(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     script = Script(lib, lambda req: lib.Response(200, json={"ok": True}))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         client.post("/v1/x", json={}, extensions={"mistral_ratelimit": {"skip": True}})
         assert limiter.stats().requests_admitted == 0
         client.post("/v1/x", json={}, extensions={"mistral_ratelimit": {"cost": 777}})
     assert limiter.stats().tokens_reserved == 777
 
 
-def test_gzip_json_usage_is_read(lib_name: str) -> None:
+def test_gzip_json_usage_is_read(rig: Rig) -> None:
     import gzip
 
-    lib = LIBS[lib_name][0]
+    lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     raw = gzip.compress(json.dumps(RESPONSE).encode())
+    # As a server sends it: raw gzip bytes, not yet decoded. (A response built with
+    # content= decodes itself at once, and pytest-httpx cannot replay it: it would hand
+    # the client a decoder that has already finished.)
     script = Script(
         lib,
         lambda req: lib.Response(
             200,
-            headers={"content-type": "application/json", "content-encoding": "gzip"},
-            content=raw,
+            headers={
+                "content-type": "application/json",
+                "content-encoding": "gzip",
+                "content-length": str(len(raw)),
+            },
+            stream=lib.ByteStream(raw),
         ),
     )
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).json() == RESPONSE
     s = limiter.stats()
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28)
 
 
-def test_429_storm_many_concurrent_callers(lib_name: str) -> None:
+def test_429_storm_many_concurrent_callers(rig: Rig) -> None:
     """Forty callers meet a burst of 429s: one shared pause, everyone finishes, nothing leaks."""
-    lib = LIBS[lib_name][0]
+    lib = rig.lib
     cfg = config(max_retries=5, max_concurrency=8)
     limiter = RateLimiter(cfg)
     state = {"n": 0}
@@ -468,7 +617,7 @@ def test_429_storm_many_concurrent_callers(lib_name: str) -> None:
         return lib.Response(200, json=RESPONSE)
 
     async def main() -> list[int]:
-        async with async_client(lib_name, Script(lib, handler), limiter, cfg) as client:
+        async with rig.async_client(Script(lib, handler), limiter, cfg) as client:
             rs = await asyncio.gather(
                 *(client.post("/v1/conversations", json=START_BODY) for _ in range(40))
             )
@@ -481,14 +630,14 @@ def test_429_storm_many_concurrent_callers(lib_name: str) -> None:
     assert s.rate_limited_seen == 20
 
 
-def test_async_cancellation_gives_everything_back(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_async_cancellation_gives_everything_back(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(requests_per_second=1, max_concurrency=1)
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
 
     async def main() -> None:
-        async with async_client(lib_name, script, limiter, cfg) as client:
+        async with rig.async_client(script, limiter, cfg) as client:
             await client.post("/v1/conversations", json=START_BODY)  # uses the 1 rps
             with anyio.move_on_after(0.1):  # the next one waits ~1 s: cancel it
                 await client.post("/v1/conversations", json=START_BODY)
@@ -501,8 +650,8 @@ def test_async_cancellation_gives_everything_back(lib_name: str) -> None:
     assert s.queued == 0
 
 
-def test_transport_defaults_and_close(lib_name: str) -> None:
-    lib, mr = LIBS[lib_name]
+def test_transport_defaults_and_close(mock_rig: Rig) -> None:
+    lib, mr = mock_rig.lib, mock_rig.mr
     closed: list[bool] = []
 
     class Inner(lib.MockTransport):  # type: ignore[misc, name-defined]
@@ -516,8 +665,8 @@ def test_transport_defaults_and_close(lib_name: str) -> None:
     assert closed == [True]
 
 
-def test_priority_extension_jumps_the_queue(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_priority_extension_jumps_the_queue(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(requests_per_second=None, limits=[Limit(1, 0.2, "requests")])
     limiter = RateLimiter(cfg)
     seen: list[str] = []
@@ -527,7 +676,7 @@ def test_priority_extension_jumps_the_queue(lib_name: str) -> None:
         return lib.Response(200, json=RESPONSE)
 
     async def main() -> None:
-        async with async_client(lib_name, Script(lib, handler), limiter, cfg) as client:
+        async with rig.async_client(Script(lib, handler), limiter, cfg) as client:
 
             async def post(name: str, priority: int = 0) -> None:
                 ext = {"mistral_ratelimit": {"priority": priority}}
@@ -546,8 +695,8 @@ def test_priority_extension_jumps_the_queue(lib_name: str) -> None:
 # -- found by a fresh user trying to break it ------------------------------------------------
 
 
-def test_endless_error_body_is_handed_over_unread(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_endless_error_body_is_handed_over_unread(mock_rig: Rig) -> None:
+    lib = mock_rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     produced: list[int] = []
@@ -559,7 +708,7 @@ def test_endless_error_body_is_handed_over_unread(lib_name: str) -> None:
 
     script = Script(lib, lambda req: lib.Response(400, content=endless()))
     with (
-        sync_client(lib_name, script, limiter, cfg) as client,
+        mock_rig.sync_client(script, limiter, cfg) as client,
         client.stream("POST", "/v1/conversations", json=START_BODY) as r,
     ):
         assert r.status_code == 400
@@ -568,13 +717,13 @@ def test_endless_error_body_is_handed_over_unread(lib_name: str) -> None:
 
 
 def test_capacity_retry_after_is_clamped_like_a_429(
-    lib_name: str, monkeypatch: pytest.MonkeyPatch
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mistral_ratelimit.driving as driving
 
     slept: list[float] = []
     monkeypatch.setattr(driving.time, "sleep", slept.append)
-    lib = LIBS[lib_name][0]
+    lib = rig.lib
     cfg = config(max_retries=1)
     limiter = RateLimiter(cfg)
     capacity = {
@@ -589,13 +738,13 @@ def test_capacity_retry_after_is_clamped_like_a_429(
         lambda req: lib.Response(429, json=capacity, headers={"retry-after": "86400"}),
         ok_json(lib),
     )
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).status_code == 200
     assert slept and max(slept) <= 60.0
 
 
-def test_undecodable_stream_keeps_the_whole_reservation(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_undecodable_stream_keeps_the_whole_reservation(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     script = Script(
@@ -607,7 +756,7 @@ def test_undecodable_stream_keeps_the_whole_reservation(lib_name: str) -> None:
         ),
     )
     with (
-        sync_client(lib_name, script, limiter, cfg) as client,
+        rig.sync_client(script, limiter, cfg) as client,
         client.stream("POST", "/v1/conversations", json=dict(START_BODY, stream=True)) as r,
     ):
         for _ in r.iter_raw():
@@ -617,14 +766,14 @@ def test_undecodable_stream_keeps_the_whole_reservation(lib_name: str) -> None:
     assert s.tokens_reserved > 100
 
 
-def test_multipart_upload_is_retried_after_a_429(lib_name: str) -> None:
+def test_multipart_upload_is_retried_after_a_429(rig: Rig) -> None:
     import io
 
-    lib = LIBS[lib_name][0]
+    lib = rig.lib
     cfg = config(max_retries=1)
     limiter = RateLimiter(cfg)
     script = Script(lib, too_many(lib, {"retry-after-ms": "1"}), ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         r = client.post(
             "/v1/files",
             files={"file": ("a.jsonl", io.BytesIO(b'{"x": 1}\n'))},
@@ -636,26 +785,80 @@ def test_multipart_upload_is_retried_after_a_429(lib_name: str) -> None:
     assert bodies[0] == bodies[1] and b'{"x": 1}' in bodies[1]  # never re-sent empty
 
 
-def test_absurd_usage_is_capped(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+class OneWayReader:
+    """A file that can be read once and cannot seek: a pipe, a socket, a generator."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def read(self, size: int = -1) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+
+def test_upload_that_cannot_rewind_is_never_re_sent_empty(rig: Rig) -> None:
+    lib = rig.lib
+    cfg = config(max_retries=2)
+    limiter = RateLimiter(cfg)
+    script = Script(lib, too_many(lib, {"retry-after-ms": "1"}), ok_json(lib))
+    with rig.sync_client(script, limiter, cfg) as client:
+        r = client.post(
+            "/v1/files",
+            files={"file": ("a.jsonl", OneWayReader(b'{"x": 1}\n'))},  # type: ignore[dict-item]
+            data={"purpose": "batch"},
+        )
+    bodies = [c.read() for c in script.calls]
+    assert all(b'{"x": 1}' in body for body in bodies)  # whatever was sent was whole
+    assert r.status_code in (200, 429)
+    assert (r.status_code == 200) == (len(bodies) == 2)
+
+
+def test_connection_error_after_the_body_was_read_is_not_retried(mock_rig: Rig) -> None:
+    lib = mock_rig.lib
+    cfg = config(max_retries=2)
+    limiter = RateLimiter(cfg)
+    sent: list[bytes] = []
+
+    def consume_then_fail(req: Any) -> Any:
+        sent.append(b"".join(req.stream))  # a transport that streamed the body, then failed
+        raise lib.ConnectError("reset", request=req)
+
+    def body() -> Iterator[bytes]:
+        yield b"not json, cannot be buffered for a retry"
+
+    script = Script(lib, consume_then_fail)
+    transport = mock_rig.mr.RateLimitTransport(
+        lib.MockTransport(script), limiter=limiter, config=cfg
+    )
+    with (
+        lib.Client(transport=transport, base_url=mock_rig.base_url) as client,
+        pytest.raises(lib.ConnectError),
+    ):
+        client.post("/v1/files", content=body(), headers={"content-type": "text/plain"})
+    assert sent == [b"not json, cannot be buffered for a retry"]  # never sent again, empty
+    assert limiter.stats().in_flight == 0
+
+
+def test_absurd_usage_is_capped(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config(tokens_per_month=1e9)
     limiter = RateLimiter(cfg)
     bogus = dict(
         RESPONSE, usage={"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 10**20}
     )
     script = Script(lib, lambda req: lib.Response(200, json=bogus))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         client.post("/v1/conversations", json=START_BODY)
     s = limiter.stats()
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged < 1e8
 
 
-def test_skip_needs_a_real_true(lib_name: str) -> None:
-    lib = LIBS[lib_name][0]
+def test_skip_needs_a_real_true(rig: Rig) -> None:
+    lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
-    with sync_client(lib_name, script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client:
         client.post(
             "/v1/conversations",
             json=START_BODY,
@@ -664,24 +867,24 @@ def test_skip_needs_a_real_true(lib_name: str) -> None:
     assert limiter.stats().requests_admitted == 1
 
 
-def test_transports_on_one_limiter_share_what_they_learnt(lib_name: str) -> None:
+def test_transports_on_one_limiter_share_what_they_learnt(rig: Rig) -> None:
     # The README's bring-your-own-client pattern: a sync and an async transport built
     # separately on one limiter. The async append must know the history the sync start
     # learnt (28 tokens), not assume the unknown-history default.
-    lib, mr = LIBS[lib_name]
+    lib, mr = rig.lib, rig.mr
     cfg = config(unknown_history_tokens=50_000)
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
-    sync = mr.RateLimitTransport(lib.MockTransport(script), limiter=limiter, config=cfg)
+    sync = mr.RateLimitTransport(rig.inner(script), limiter=limiter, config=cfg)
     other = mr.AsyncRateLimitTransport(
-        lib.MockTransport(script), limiter=limiter, config=cfg.replace(default_max_tokens=10)
+        rig.inner(script), limiter=limiter, config=cfg.replace(default_max_tokens=10)
     )
-    with lib.Client(transport=sync, base_url="https://api.mistral.ai") as client:
+    with lib.Client(transport=sync, base_url=rig.base_url) as client:
         client.post("/v1/conversations", json=START_BODY)
     before = limiter.stats().tokens_reserved
 
     async def append() -> None:
-        async with lib.AsyncClient(transport=other, base_url="https://api.mistral.ai") as c:
+        async with lib.AsyncClient(transport=other, base_url=rig.base_url) as c:
             await c.post("/v1/conversations/conv_1", json={"inputs": "and Italy?"})
 
     anyio.run(append)

@@ -29,8 +29,15 @@ async def _call_async(limiter: Limiter, call: Call) -> Any:
     return await twin(*call.args)
 
 
-def drive_sync(steps: Steps, limiter: Limiter, send: Callable[[], Any]) -> Any:
-    """Run ``steps`` to completion with blocking I/O; returns the generator's value."""
+def drive_sync(
+    steps: Steps,
+    limiter: Limiter,
+    send: Callable[[], Any],
+    read_prefix: Callable[[Any, int], tuple[bytes, bool]] | None = None,
+) -> Any:
+    """Run ``steps`` to completion with blocking I/O; returns the generator's value.
+
+    ``send`` and ``read_prefix`` perform the ``Send`` and ``ReadBody`` effects."""
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -47,7 +54,8 @@ def drive_sync(steps: Steps, limiter: Limiter, send: Callable[[], Any]) -> Any:
             elif isinstance(effect, Send):
                 value = send()
             elif isinstance(effect, ReadBody):
-                value = effect.response.read()
+                assert read_prefix is not None
+                value = read_prefix(effect.response, effect.limit)
             elif isinstance(effect, Close):
                 effect.response.close()
             elif isinstance(effect, Sleep):
@@ -56,7 +64,12 @@ def drive_sync(steps: Steps, limiter: Limiter, send: Callable[[], Any]) -> Any:
             error = exc
 
 
-async def drive_async(steps: Steps, limiter: Limiter, send: Callable[[], Awaitable[Any]]) -> Any:
+async def drive_async(
+    steps: Steps,
+    limiter: Limiter,
+    send: Callable[[], Awaitable[Any]],
+    read_prefix: Callable[[Any, int], Awaitable[tuple[bytes, bool]]] | None = None,
+) -> Any:
     """Async twin of :func:`drive_sync`, on anyio so it runs under asyncio and trio.
 
     Limiter calls and closes are shielded from cancellation: a cancelled request must
@@ -79,7 +92,8 @@ async def drive_async(steps: Steps, limiter: Limiter, send: Callable[[], Awaitab
             elif isinstance(effect, Send):
                 value = await send()
             elif isinstance(effect, ReadBody):
-                value = await effect.response.aread()
+                assert read_prefix is not None
+                value = await read_prefix(effect.response, effect.limit)
             elif isinstance(effect, Close):
                 with anyio.CancelScope(shield=True):
                     await effect.response.aclose()

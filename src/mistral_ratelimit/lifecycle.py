@@ -18,7 +18,7 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .accounting.decoding import IncrementalDecoder
+from .accounting.decoding import IncrementalDecoder, decode_body
 from .accounting.headers import parse_ratelimit_headers, retry_after_seconds
 from .accounting.request import Estimator
 from .accounting.responses import classify_response
@@ -65,7 +65,11 @@ class Send:
 
 @dataclass(frozen=True)
 class ReadBody:
+    """Read at most about ``limit`` raw bytes of the body and leave the body whole for the
+    caller; the result is ``(raw bytes read, whether that was all of it)``."""
+
     response: Any
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,13 @@ class Deliver:
 
 def _body_decides_class(status: int, headers: Mapping[str, str]) -> bool:
     """Only a 429 or 503 body can change what an error means (Mistral's capacity code
-    3505), so only those are read, and only when small and of known length: a huge or
-    endless error body goes to the caller unread, as a plain client would hand it over."""
+    3505), so only those are read, and only the first ``MAX_ERROR_BODY_BYTES`` of them: a
+    body declared larger is not read at all, and one of unknown length (chunked, as a
+    proxy or HTTP/2 may send it) goes to the caller whole if it turns out larger."""
     if status not in (429, 503):
         return False
     length = headers.get("content-length")
-    return length is not None and length.isdigit() and int(length) <= MAX_ERROR_BODY_BYTES
+    return length is None or not length.isdigit() or int(length) <= MAX_ERROR_BODY_BYTES
 
 
 def backoff(config: RatelimitConfig, attempt: int, factor: float = 1.0) -> float:
@@ -204,7 +209,12 @@ class Lifecycle:
                     yield Call("cancel", (res,))  # nothing reached the server
                 else:
                     yield Call("release", (res,))  # it may have been counted: stay charged
-                if not_sent and isinstance(exc, Exception) and attempt < max_retries:
+                if (
+                    not_sent
+                    and req.replayable
+                    and isinstance(exc, Exception)
+                    and attempt < max_retries
+                ):
                     attempt += 1
                     log.info(
                         "connection failed before sending (%s); retry %d/%d",
@@ -253,7 +263,9 @@ class Lifecycle:
                 return Deliver(response, BodyObserver(self, res, est, view, headers))
             body = None
             if _body_decides_class(status, headers):
-                body = yield ReadBody(response)
+                raw, whole = yield ReadBody(response, MAX_ERROR_BODY_BYTES)
+                if whole:
+                    body = decode_body(raw, headers.get("content-encoding"))
         except BaseException:
             yield Call("release", (res,))
             yield Close(response)

@@ -17,7 +17,7 @@ from .driving import deliver, drive_async, drive_sync, no_asend, no_send
 from .lifecycle import Deliver, Lifecycle, RequestOptions, RequestView
 from .limiter.base import Limiter
 from .limiter.memory import RateLimiter
-from .streams import AsyncStream, SyncStream
+from .streams import AsyncStream, SyncStream, aread_prefix, read_prefix
 
 log = logging.getLogger("mistral_ratelimit")
 
@@ -32,9 +32,22 @@ def _not_read(exc: BaseException) -> bool:
 
 
 def _rewinds(request: Any) -> bool:
-    """httpx's multipart stream seeks its files back to the start on each pass, so an
-    upload can be sent again on a retry; a generator body cannot."""
-    return type(request.stream).__name__ == "MultipartStream"
+    """Whether a body that was not read up front can be sent again on a retry.
+
+    httpx's (and httpx2's) multipart stream renders its fields afresh on each pass and
+    seeks each file back to the start first; a file that cannot seek (a pipe, a socket, a
+    one-way reader) would go out empty the second time. A generator body never rewinds.
+    """
+    if type(request.stream).__name__ != "MultipartStream":
+        return False
+    for field in getattr(request.stream, "fields", ()):
+        file = getattr(field, "file", None)
+        if file is None or isinstance(file, (str, bytes)):
+            continue
+        seekable = getattr(file, "seekable", None)
+        if not callable(getattr(file, "seek", None)) or (callable(seekable) and not seekable()):
+            return False
+    return True
 
 
 def _already_read(outcome: Deliver) -> bool:
@@ -154,6 +167,7 @@ class SyncTransportCore(_Core):
             self.lifecycle.run(_view(request, body, replayable)),
             self.limiter,
             lambda: self._send(request),
+            read_prefix,
         )
         if _already_read(outcome):
             assert outcome.observer is not None
@@ -189,6 +203,7 @@ class AsyncTransportCore(_Core):
             self.lifecycle.run(_view(request, body, replayable)),
             self.limiter,
             lambda: self._asend(request),
+            aread_prefix,
         )
         if _already_read(outcome):
             assert outcome.observer is not None

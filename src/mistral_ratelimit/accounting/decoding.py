@@ -199,3 +199,10 @@ class IncrementalDecoder:
     def _give_up(self) -> None:
         self.failed = True
         self._stages = []
+
+
+def decode_body(raw: bytes, content_encoding: str | None) -> bytes | None:
+    """A whole body's bytes as the client will see them, or None if they cannot be decoded."""
+    decoder = IncrementalDecoder(content_encoding)
+    data = decoder.feed(raw) + decoder.flush()
+    return None if decoder.failed else data
