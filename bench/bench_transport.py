@@ -56,8 +56,20 @@ RESPONSE = {
 }
 
 
+#: What Mistral sends with every generation response (reference, mistral-wire.md §4), with
+#: limits as high as the benchmark's own, so that adopting them never makes anyone wait.
+HEADERS = {
+    "x-ratelimit-limit-tokens-minute": "1000000000000",
+    "x-ratelimit-remaining-tokens-minute": "999999990000",
+    "x-ratelimit-tokens-query-cost": "450",
+    "x-ratelimit-limit-req-minute": "60000000000",
+    "x-ratelimit-remaining-req-minute": "59999999999",
+    "mistral-correlation-id": "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b",
+}
+
+
 def handler(request: httpx.Request) -> httpx.Response:
-    return httpx.Response(200, json=RESPONSE)
+    return httpx.Response(200, json=RESPONSE, headers=HEADERS)
 
 
 def rate(fn: Callable[[], Any], seconds: float) -> float:

@@ -900,3 +900,44 @@ def test_package_top_level_exports_the_httpx_transports() -> None:
     assert mr.RateLimitTransport is mr_httpx.RateLimitTransport
     assert mr.AsyncRateLimitTransport is mr_httpx.AsyncRateLimitTransport
     assert {"RateLimitTransport", "AsyncRateLimitTransport"} <= set(mr.__all__)
+
+
+class CountingLimiter(RateLimiter):
+    def __init__(self, cfg: RatelimitConfig) -> None:
+        super().__init__(cfg)
+        self.adopted = 0
+
+    def adopt(self, observed: Any) -> None:
+        self.adopted += 1
+        super().adopt(observed)
+
+
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
+def test_rate_limit_headers_of_successes_are_sampled(
+    rig: Rig, interval: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mistral_ratelimit.lifecycle as lifecycle
+
+    monkeypatch.setattr(lifecycle, "LIMITS_READ_INTERVAL", interval)
+    lib = rig.lib
+    cfg = config(max_retries=1)
+    limiter = CountingLimiter(cfg)
+    rate = {"x-ratelimit-limit-req-minute": "720", "x-ratelimit-remaining-req-minute": "700"}
+    no_usage = {"object": "conversation.response", "conversation_id": "c", "outputs": []}
+    script = Script(
+        lib,
+        lambda req: lib.Response(200, json=RESPONSE, headers=rate),
+        lambda req: lib.Response(200, json=RESPONSE, headers=rate),
+        lambda req: lib.Response(429, json=RATE_LIMITED, headers={**rate, "retry-after-ms": "1"}),
+        lambda req: lib.Response(
+            200, json=no_usage, headers={**rate, "x-ratelimit-tokens-query-cost": "33"}
+        ),
+    )
+    with rig.sync_client(script, limiter, cfg) as client:
+        for _ in range(3):  # the third is a 429, then a 200 without usage
+            client.post("/v1/conversations", json=START_BODY)
+    # The first success is always read (discovery), a 429 always; within the interval the
+    # others are not. Without usage the query cost still settles the last one.
+    assert limiter.adopted == (4 if interval == 0 else 2)
+    s = limiter.stats()
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28 + 28 + 33)

@@ -49,15 +49,15 @@ def drive_sync(
         try:
             if isinstance(effect, Call):
                 value = _call_sync(limiter, effect)
-            elif isinstance(effect, Acquire):
-                value = acquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Send):
                 value = send()
+            elif isinstance(effect, Acquire):
+                value = acquire(limiter, effect.tokens, priority=effect.priority)
+            elif isinstance(effect, Close):
+                effect.response.close()
             elif isinstance(effect, ReadBody):
                 assert read_prefix is not None
                 value = read_prefix(effect.response, effect.limit)
-            elif isinstance(effect, Close):
-                effect.response.close()
             elif isinstance(effect, Sleep):
                 time.sleep(effect.seconds)
         except BaseException as exc:  # handed to the lifecycle, which re-raises
@@ -87,16 +87,16 @@ async def drive_async(
             if isinstance(effect, Call):
                 with anyio.CancelScope(shield=True):
                     value = await _call_async(limiter, effect)
-            elif isinstance(effect, Acquire):
-                value = await aacquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Send):
                 value = await send()
-            elif isinstance(effect, ReadBody):
-                assert read_prefix is not None
-                value = await read_prefix(effect.response, effect.limit)
+            elif isinstance(effect, Acquire):
+                value = await aacquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Close):
                 with anyio.CancelScope(shield=True):
                     await effect.response.aclose()
+            elif isinstance(effect, ReadBody):
+                assert read_prefix is not None
+                value = await read_prefix(effect.response, effect.limit)
             elif isinstance(effect, Sleep):
                 await anyio.sleep(effect.seconds)
         except BaseException as exc:

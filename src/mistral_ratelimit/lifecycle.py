@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from .accounting.decoding import IncrementalDecoder, decode_body
-from .accounting.headers import parse_ratelimit_headers, retry_after_seconds
+from .accounting.headers import (
+    NO_LIMITS,
+    ResponseHead,
+    parse_ratelimit_headers,
+    read_head,
+    retry_after_seconds,
+)
 from .accounting.request import Estimator
 from .accounting.responses import classify_response
-from .accounting.types import ErrorClass, Estimate, ServerView, Usage
+from .accounting.types import ErrorClass, Estimate, Usage
 from .accounting.usage import StreamSniffer, parse_json_response
 from .config import RatelimitConfig
 from .errors import BudgetExhausted
@@ -41,6 +48,8 @@ MAX_PAUSE_SECONDS = 60.0
 #: One request in this many is counted exactly even with ample room, so the per-model
 #: correction and the estimate-error figures keep learning from real usage.
 EXACT_SAMPLE_EVERY = 64
+#: Seconds between two readings of the rate-limit headers of successful responses.
+LIMITS_READ_INTERVAL = 0.05
 #: Largest error body read to classify a 429 or 503.
 MAX_ERROR_BODY_BYTES = 64 * 1024
 #: JSON bodies larger than this are passed through without being parsed for usage.
@@ -51,20 +60,22 @@ NOT_SENT_ERRORS = frozenset({"ConnectError", "ConnectTimeout", "PoolTimeout"})
 
 
 # -- effects ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Acquire:
+# Named tuples: one or more is made for every request, and they are the cheapest immutable
+# records Python builds (a frozen dataclass costs twice as much).
+class Acquire(NamedTuple):
     tokens: float
     priority: int = 0
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(NamedTuple):
     """Send the request; the result is ``(response, sent_at)``: the ``time.monotonic()`` at
     which the request body was written, or None when the transport cannot tell."""
 
 
-@dataclass(frozen=True)
-class ReadBody:
+SEND = Send()
+
+
+class ReadBody(NamedTuple):
     """Read at most about ``limit`` raw bytes of the body and leave the body whole for the
     caller; the result is ``(raw bytes read, whether that was all of it)``."""
 
@@ -72,18 +83,15 @@ class ReadBody:
     limit: int
 
 
-@dataclass(frozen=True)
-class Close:
+class Close(NamedTuple):
     response: Any
 
 
-@dataclass(frozen=True)
-class Sleep:
+class Sleep(NamedTuple):
     seconds: float
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """A limiter method; async adapters call its ``a``-prefixed twin."""
 
     name: str
@@ -107,7 +115,7 @@ class RequestOptions:
     def from_extensions(cls, extensions: Mapping[str, Any] | None) -> RequestOptions:
         raw = (extensions or {}).get(EXTENSION_KEY)
         if not isinstance(raw, Mapping):
-            return cls()
+            return DEFAULT_OPTIONS
         cost = raw.get("cost")
         retries = raw.get("max_retries")
         priority = raw.get("priority", 0)
@@ -119,6 +127,9 @@ class RequestOptions:
             if isinstance(priority, int) and not isinstance(priority, bool)
             else 0,
         )
+
+
+DEFAULT_OPTIONS = RequestOptions()
 
 
 @dataclass(frozen=True)
@@ -141,14 +152,13 @@ class Deliver:
     observer: BodyObserver | None
 
 
-def _body_decides_class(status: int, headers: Mapping[str, str]) -> bool:
+def _body_decides_class(status: int, length: str | None) -> bool:
     """Only a 429 or 503 body can change what an error means (Mistral's capacity code
     3505), so only those are read, and only the first ``MAX_ERROR_BODY_BYTES`` of them: a
     body declared larger is not read at all, and one of unknown length (chunked, as a
     proxy or HTTP/2 may send it) goes to the caller whole if it turns out larger."""
     if status not in (429, 503):
         return False
-    length = headers.get("content-length")
     return length is None or not length.isdigit() or int(length) <= MAX_ERROR_BODY_BYTES
 
 
@@ -174,6 +184,9 @@ class Lifecycle:
         self.estimator = estimator
         self.config = config
         self._can_anchor = callable(getattr(limiter, "anchor", None))
+        self._next_limits_at = 0.0  # time.monotonic() when rate-limit headers are read again
+        room_of = getattr(limiter, "token_room", None)
+        self._token_room = room_of if callable(room_of) else None
         self._estimates = 0
 
     def estimate(self, req: RequestView) -> Estimate:
@@ -181,8 +194,7 @@ class Lifecycle:
             base = self.estimator.estimate(req.method, req.path, None, req.headers, exact=False)
             return replace(base, prompt_tokens=req.options.cost, completion_tokens=0, exact=True)
         cheap = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
-        room_of = getattr(self.limiter, "token_room", None)
-        room = room_of() if callable(room_of) else None
+        room = self._token_room() if self._token_room is not None else None
         self._estimates += 1
         sample = self._estimates % EXACT_SAMPLE_EVERY == 1  # keeps the correction learning
         if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room and not sample:
@@ -202,7 +214,7 @@ class Lifecycle:
             res: Reservation = yield Acquire(est.total, req.options.priority)
             waited += max(0.0, res.at - res.created_at)
             try:
-                response, sent_at = yield Send()
+                response, sent_at = yield SEND
             except BaseException as exc:
                 not_sent = any(k.__name__ in NOT_SENT_ERRORS for k in type(exc).__mro__)
                 if not_sent:
@@ -238,6 +250,13 @@ class Lifecycle:
             waited += outcome
             attempt += 1
 
+    def _limits_due(self) -> bool:
+        """Whether a successful response's rate-limit headers should be read. Reading and
+        adopting them costs about as much as the rest of the request's bookkeeping, and
+        the server's view cannot change much within ``LIMITS_READ_INTERVAL``; every error
+        response is read in full."""
+        return time.monotonic() >= self._next_limits_at
+
     def _clamp_pause(self, wait: float) -> float:
         """A server asking for more than one token window is not answered with a longer
         freeze: the caller gets the error back sooner once retries run out."""
@@ -255,17 +274,19 @@ class Lifecycle:
         """Deliver the response, or arrange a retry and return the seconds slept."""
         try:
             headers = response.headers
-            view = parse_ratelimit_headers(headers)
-            if view.observed:
-                yield Call("adopt", (view.observed,))
             status = int(response.status_code)
+            head = read_head(headers, limits=status >= 400 or self._limits_due())
+            view = head.view or NO_LIMITS
+            if view.observed:
+                self._next_limits_at = time.monotonic() + LIMITS_READ_INTERVAL
+                yield Call("adopt", (view.observed,))
             if status < 400:
-                return Deliver(response, BodyObserver(self, res, est, view, headers))
+                return Deliver(response, BodyObserver(self, res, est, head, headers))
             body = None
-            if _body_decides_class(status, headers):
+            if _body_decides_class(status, head.content_length):
                 raw, whole = yield ReadBody(response, MAX_ERROR_BODY_BYTES)
                 if whole:
-                    body = decode_body(raw, headers.get("content-encoding"))
+                    body = decode_body(raw, head.content_encoding)
         except BaseException:
             yield Call("release", (res,))
             yield Close(response)
@@ -342,11 +363,8 @@ class _JsonSniffer:
             self.failed = True
             self._buf.clear()
 
-    def usage_and_conversation(self) -> tuple[Usage | None, str | None]:
-        if self.failed:
-            return None, None
-        facts = parse_json_response(bytes(self._buf + self._decoder.flush()))
-        return facts.usage, facts.conversation_id
+    def body(self) -> bytes | None:
+        return None if self.failed else bytes(self._buf + self._decoder.flush())
 
 
 class BodyObserver:
@@ -357,21 +375,22 @@ class BodyObserver:
         lifecycle: Lifecycle,
         res: Reservation,
         est: Estimate,
-        view: ServerView,
-        headers: Mapping[str, str],
+        head: ResponseHead,
+        headers: Any,
     ) -> None:
         self._lc = lifecycle
         self.reservation = res
         self.estimate = est
-        self._view = view
-        ctype = (headers.get("content-type") or "").lower()
-        encoding = headers.get("content-encoding")
+        self._view = head.view  # None when the rate-limit headers were not read
+        self._headers = headers
         self._sse: StreamSniffer | None = None
         self._json: _JsonSniffer | None = None
-        if "text/event-stream" in ctype:
-            self._sse = StreamSniffer(encoding)
-        elif "json" in ctype:
-            self._json = _JsonSniffer(encoding)
+        #: A whole JSON body, already decoded by the client library (``feed_decoded``).
+        self._whole: bytes | None = None
+        if "text/event-stream" in head.content_type:
+            self._sse = StreamSniffer(head.content_encoding)
+        elif "json" in head.content_type:
+            self._json = _JsonSniffer(head.content_encoding)
         self.finished = False
         self.bytes_seen = 0
 
@@ -379,9 +398,12 @@ class BodyObserver:
         """Observe a body the inner transport already read (and so already decoded)."""
         if self._sse is not None:
             self._sse = StreamSniffer(None)
+            self.feed(body)
         elif self._json is not None:
-            self._json = _JsonSniffer(None)
-        self.feed(body)
+            self.bytes_seen += len(body)
+            self._json = None
+            if len(body) <= MAX_JSON_SNIFF_BYTES:
+                self._whole = body
 
     def feed(self, chunk: bytes) -> None:
         """Never raises: our parsing must not break the caller's stream."""
@@ -407,14 +429,18 @@ class BodyObserver:
                 usage = self._sse.facts.usage
                 conversation_id = self._sse.facts.conversation_id
                 streamed_chars = self._sse.output_chars
-            elif self._json is not None:
-                usage, conversation_id = self._json.usage_and_conversation()
+            else:
+                whole = self._json.body() if self._json is not None else self._whole
+                if whole is not None:
+                    facts = parse_json_response(whole)
+                    usage, conversation_id = facts.usage, facts.conversation_id
         except Exception:  # pragma: no cover - defensive, see feed()
             log.debug("usage parsing failed", exc_info=True)
         if usage is not None and usage.total > 0:
             return float(min(usage.total, self._credible_max())), usage, conversation_id
-        if self._view.query_cost is not None:
-            return float(min(self._view.query_cost, self._credible_max())), usage, conversation_id
+        view = self._view if self._view is not None else parse_ratelimit_headers(self._headers)
+        if view.query_cost is not None:
+            return float(min(view.query_cost, self._credible_max())), usage, conversation_id
         if (self._sse is not None and self._sse.failed) or (
             self._json is not None and self._json.failed
         ):

@@ -97,10 +97,13 @@ class _SendTimer:
 
 
 def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
+    # Only Accept tells the estimator anything (a stream); copying every header would cost
+    # more than estimating the body.
+    accept = request.headers.get("accept")
     return RequestView(
         method=str(request.method).upper(),
         path=str(request.url.path),
-        headers={k.lower(): v for k, v in request.headers.items()},
+        headers={} if accept is None else {"accept": accept},
         body=body,
         replayable=replayable,
         options=RequestOptions.from_extensions(request.extensions),

@@ -21,9 +21,9 @@ import email.utils
 import math
 import re
 import time
-from collections.abc import Container, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..config import SECONDS_PER_MONTH, Unit
 from ..limiter.base import ObservedLimit
@@ -56,6 +56,12 @@ _RATE_HEADERS = _rate_header_table()
 _QUERY_COST = {"x-ratelimit-tokens-query-cost": 1, "ratelimitbysize-query-cost": 0}
 _WANTED = frozenset(_RATE_HEADERS) | frozenset(_QUERY_COST)
 _RETRY_NAMES = frozenset({"retry-after", "retry-after-ms"})
+_CONTENT = frozenset({"content-type", "content-encoding", "content-length"})
+_HEAD = _WANTED | _CONTENT
+#: name as bytes -> name, for the fast path over httpx's raw header list.
+_BY_BYTES = {
+    names: {n.encode(): n for n in names} for names in (_WANTED, _RETRY_NAMES, _HEAD, _CONTENT)
+}
 
 
 def _text(value: Any) -> str:
@@ -66,24 +72,31 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _items(headers: HeaderSource, wanted: Container[str]) -> list[tuple[str, str]]:
+def _items(headers: HeaderSource, wanted: frozenset[str]) -> list[tuple[str, str]]:
     """(lower-case name, value) pairs for the wanted names, repeats kept apart when possible.
 
     Runs on every response, so values of other headers are not even converted.
     """
-    multi = getattr(headers, "multi_items", None)  # httpx / httpx2 Headers
-    if callable(multi):
+    out: list[tuple[str, str]] = []
+    raw = getattr(headers, "raw", None)  # httpx / httpx2 Headers: [(name, value)] as bytes
+    if type(raw) is list:
         try:
-            # Their names are already lower-case, stripped str: the common case, kept cheap.
-            return [(k, v) for k, v in multi() if k in wanted and isinstance(v, str)]
-        except (TypeError, ValueError):
-            pass  # not the Headers we know: take the general path below
-        pairs: Iterable[Any] = multi()
+            by_bytes = _BY_BYTES[wanted].get
+            for key, value in raw:
+                name = by_bytes(key.lower())
+                if name is not None:
+                    out.append((name, value.decode("latin-1")))
+            return out
+        except (TypeError, ValueError, AttributeError, KeyError):
+            out = []  # not the Headers we know: take the general path below
+    multi = getattr(headers, "multi_items", None)
+    pairs: Iterable[Any]
+    if callable(multi):
+        pairs = multi()
     elif isinstance(headers, Mapping):
         pairs = headers.items()
     else:
         pairs = headers
-    out: list[tuple[str, str]] = []
     for pair in pairs:
         try:
             name, value = pair
@@ -115,12 +128,47 @@ def _numbers(value: str) -> float | None:
     return min(n for n in found if n is not None)
 
 
+class ResponseHead(NamedTuple):
+    """What the request lifecycle reads from a response's headers, read in one pass."""
+
+    view: ServerView | None  # None: the rate-limit headers were not read
+    content_type: str  # lower-case, "" when absent
+    content_encoding: str | None
+    content_length: str | None
+
+
+NO_LIMITS = ServerView()
+
+
+def read_head(headers: HeaderSource, *, limits: bool = True) -> ResponseHead:
+    """The content headers of a response and, with ``limits``, what its rate-limit
+    headers say; never raises."""
+    found: dict[str, str] = {}
+    rate: list[tuple[str, str]] = []
+    for name, value in _items(headers, _HEAD if limits else _CONTENT):
+        if name in _CONTENT:
+            found.setdefault(name, value)
+        else:
+            rate.append((name, value))
+    view = (_server_view(rate) if rate else NO_LIMITS) if limits else None
+    return ResponseHead(
+        view,
+        found.get("content-type", "").lower(),
+        found.get("content-encoding"),
+        found.get("content-length"),
+    )
+
+
 def parse_ratelimit_headers(headers: HeaderSource) -> ServerView:
     """What the server says about its limits; never raises on bad header values."""
+    return _server_view(_items(headers, _WANTED))
+
+
+def _server_view(pairs: list[tuple[str, str]]) -> ServerView:
     # (unit, window) -> field -> (rank, value)
     seen: dict[tuple[Unit, float], dict[str, tuple[int, float]]] = {}
     cost: tuple[int, float] | None = None
-    for name, value in _items(headers, _WANTED):
+    for name, value in pairs:
         if name in _QUERY_COST:
             number = _numbers(value)
             rank = _QUERY_COST[name]
