@@ -387,34 +387,38 @@ class BodyObserver:
         self._json: _JsonSniffer | None = None
         #: A whole JSON body, already decoded by the client library (``feed_decoded``).
         self._whole: bytes | None = None
-        if "text/event-stream" in head.content_type:
-            self._sse = StreamSniffer(head.content_encoding)
-        elif "json" in head.content_type:
-            self._json = _JsonSniffer(head.content_encoding)
+        ctype = head.content_type
+        self._kind = "sse" if "text/event-stream" in ctype else "json" if "json" in ctype else ""
+        self._encoding = head.content_encoding
         self.finished = False
         self.bytes_seen = 0
 
     def feed_decoded(self, body: bytes) -> None:
         """Observe a body the inner transport already read (and so already decoded)."""
-        if self._sse is not None:
-            self._sse = StreamSniffer(None)
-            self.feed(body)
-        elif self._json is not None:
+        if self._kind == "json" and self._json is None:
             self.bytes_seen += len(body)
-            self._json = None
             if len(body) <= MAX_JSON_SNIFF_BYTES:
                 self._whole = body
+            return
+        self._encoding = None
+        self.feed(body)
 
     def feed(self, chunk: bytes) -> None:
         """Never raises: our parsing must not break the caller's stream."""
         self.bytes_seen += len(chunk)
         try:
-            if self._sse is not None:
+            # The sniffers are made on the first chunk: most bodies arrive read and whole.
+            if self._kind == "sse":
+                if self._sse is None:
+                    self._sse = StreamSniffer(self._encoding)
                 self._sse.feed(chunk)
-            elif self._json is not None:
+            elif self._kind == "json":
+                if self._json is None:
+                    self._json = _JsonSniffer(self._encoding)
                 self._json.feed(chunk)
         except Exception:  # pragma: no cover - the sniffers promise not to raise
             log.debug("usage sniffer failed; keeping the estimate", exc_info=True)
+            self._kind = ""
             self._sse = self._json = None
 
     def actual_tokens(self) -> tuple[float, Usage | None, str | None]:
@@ -423,6 +427,8 @@ class BodyObserver:
         usage: Usage | None = None
         conversation_id: str | None = None
         streamed_chars = 0
+        if self._kind == "sse" and self._sse is None:  # closed before its first byte
+            self._sse = StreamSniffer(self._encoding)
         try:
             if self._sse is not None:
                 self._sse.close()

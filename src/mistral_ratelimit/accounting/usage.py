@@ -45,6 +45,14 @@ def usage_from(obj: Any) -> Usage | None:
     """A ``Usage`` from a ``usage`` object, or None when it holds no valid counter."""
     if not isinstance(obj, dict):
         return None
+    prompt, completion, total = (obj.get(name) for name in _COUNTERS)
+    if (  # the usual case, quickly
+        type(prompt) is int
+        and type(completion) is int
+        and type(total) is int
+        and min(prompt, completion, total) >= 0
+    ):
+        return Usage(prompt, completion, total)
     counts = {name: _count(obj.get(name)) for name in _COUNTERS}
     if all(v is None for v in counts.values()):
         return None
