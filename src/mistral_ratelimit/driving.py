@@ -73,8 +73,11 @@ async def drive_async(
     """Async twin of :func:`drive_sync`, on anyio so it runs under asyncio and trio.
 
     Limiter calls and closes are shielded from cancellation: a cancelled request must
-    still give its reservation back.
+    still give its reservation back. A limiter whose calls never wait on I/O
+    (``nonblocking``) is called directly: nothing can interrupt a call that never suspends,
+    and a shield costs more than the call itself (~6 µs, more than a whole reservation).
     """
+    direct = getattr(limiter, "nonblocking", False) is True
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -85,8 +88,11 @@ async def drive_async(
         value, error = None, None
         try:
             if isinstance(effect, Call):
-                with anyio.CancelScope(shield=True):
-                    value = await _call_async(limiter, effect)
+                if direct:
+                    value = _call_sync(limiter, effect)
+                else:
+                    with anyio.CancelScope(shield=True):
+                        value = await _call_async(limiter, effect)
             elif isinstance(effect, Send):
                 value = await send()
             elif isinstance(effect, Acquire):

@@ -33,6 +33,9 @@ LONG_WAIT_SECONDS = 60.0
 class SyncBackedAsyncMixin:
     """Async twins for a backend whose sync calls never block for long."""
 
+    #: Async callers may call the sync methods directly (see ``driving.drive_async``).
+    nonblocking = True
+
     async def areserve(
         self, tokens: float, requests: float = 1.0, *, priority: int = 0
     ) -> Reservation:
