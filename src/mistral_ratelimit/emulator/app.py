@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
@@ -579,7 +580,7 @@ class EmulatorApp:
         if fault is not None:
             record.fault = fault.kind
             if fault.kind == "slow_first_byte":
-                await asyncio.sleep(fault.delay)
+                await anyio.sleep(fault.delay)
             elif fault.kind in ("capacity", "server_error", "html_520"):
                 state.refund_tokens(ctx)
                 ctx.query_cost = 0
@@ -626,7 +627,7 @@ class EmulatorApp:
         if cfg.stream_tokens_per_second:
             delay += tokens / cfg.stream_tokens_per_second
         if delay > 0:
-            await asyncio.sleep(delay)
+            await anyio.sleep(delay)
 
     @staticmethod
     def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -699,7 +700,7 @@ class EmulatorApp:
             "conversation.response.started", {"conversation_id": conv.id, "created_at": iso_now()}
         )
         if cfg.time_to_first_token > 0:
-            await asyncio.sleep(cfg.time_to_first_token)
+            await anyio.sleep(cfg.time_to_first_token)
         cut_at = (
             fault.after_chunks if fault and fault.kind in ("stream_cut", "stream_error") else None
         )
@@ -730,9 +731,9 @@ class EmulatorApp:
                 )
             state.charge_output(ctx, tokens)
             if tps:
-                await asyncio.sleep(tokens / tps)
+                await anyio.sleep(tokens / tps)
             else:
-                await asyncio.sleep(0)  # let the chunk reach the socket before the next one
+                await anyio.sleep(0)  # let the chunk reach the socket before the next one
         if fault is not None and fault.kind == "stream_cut":
             if fault.abrupt:
                 raise AbruptCut("emulated stream cut")
