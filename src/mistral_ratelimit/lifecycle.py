@@ -203,7 +203,7 @@ class Lifecycle:
 
     def run(self, req: RequestView) -> Steps:
         if req.options.skip:
-            response, _ = yield Send()
+            response, _ = yield SEND
             return Deliver(response, None)
         est = self.estimate(req)
         retries = req.options.max_retries
