@@ -17,7 +17,8 @@ pytest.importorskip("starlette")
 
 from mistral_ratelimit import MistralRatelimitClient, RatelimitConfig, RateLimiter
 from mistral_ratelimit.emulator import Emulator
-from mistral_ratelimit.sdk import LoopLocalAsyncTransport, detect_sdk_line
+from mistral_ratelimit.loop_local import LoopLocalAsyncTransport
+from mistral_ratelimit.sdk import detect_sdk_line
 
 pytestmark = pytest.mark.sdk
 

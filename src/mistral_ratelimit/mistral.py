@@ -19,8 +19,8 @@ from .config import RatelimitConfig
 from .errors import RatelimitError
 from .limiter.base import Limiter, LimiterStats
 from .limiter.memory import RateLimiter
+from .loop_local import LoopLocalAsyncTransport
 from .sdk import (
-    LoopLocalAsyncTransport,
     SdkLine,
     detect_sdk_line,
     install_retry_note,
