@@ -327,3 +327,18 @@ def test_request_log_bound_drops_the_oldest() -> None:
     assert [r.path for r in log] == ["/v1/2", "/v1/3", "/v1/4"]
     assert log.tokens_between(0, 10) == 50  # charges are kept longer (4x) than records
     assert log.max_in_window(1.5) == 2
+
+
+def test_request_log_counts_arrivals_and_travels_between_processes() -> None:
+    import pickle
+
+    from mistral_ratelimit.emulator.log import RequestLog, RequestRecord
+
+    log = RequestLog()
+    for t, admitted in ((0.0, True), (0.2, False), (0.4, True), (0.6, False), (2.0, True)):
+        log.open(RequestRecord(t, t, "POST", "/v1/conversations", admitted=admitted))
+    assert log.max_in_window(1.0) == 2  # what the server let through
+    assert log.max_in_window(1.0, arrivals=True) == 4  # what the client sent
+    copy = pickle.loads(pickle.dumps(log))
+    assert copy.snapshot() == log.snapshot()
+    assert copy.max_in_window(1.0, arrivals=True) == 4
