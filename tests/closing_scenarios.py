@@ -75,6 +75,15 @@ def loop_in_another_thread(emu: Emulator) -> None:
     loop.close()
 
 
+def loop_run_by_hand(emu: Emulator) -> None:
+    """A loop driven with run_until_complete, the client closed before the loop is."""
+    loop = asyncio.new_event_loop()
+    client = _client(emu)
+    loop.run_until_complete(_calls(client))
+    client.close()
+    loop.close()
+
+
 def trio_run_then_close(emu: Emulator) -> None:
     """The loop-local transport under trio: the run ends, then the client is closed."""
     import trio
@@ -101,6 +110,7 @@ SCENARIOS: dict[str, Callable[[Emulator], None]] = {
         sync_close_inside_the_loop,
         async_with,
         loop_in_another_thread,
+        loop_run_by_hand,
         trio_run_then_close,
     )
 }
