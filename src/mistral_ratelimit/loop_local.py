@@ -33,7 +33,7 @@ import anyio.to_thread
 CLOSE_TIMEOUT = 5.0
 
 
-def current_loop() -> Any:
+def _current_loop() -> Any:
     """The running asyncio loop or trio run, or None outside async code."""
     try:
         return asyncio.get_running_loop()
@@ -48,7 +48,7 @@ def current_loop() -> Any:
     return None
 
 
-def loop_finished(loop: Any) -> bool:
+def _loop_finished(loop: Any) -> bool:
     is_closed = getattr(loop, "is_closed", None)
     if callable(is_closed):
         return bool(is_closed())
@@ -77,6 +77,7 @@ class _Pool:
     def __init__(self, loop: Any, transport: Any) -> None:
         self.loop = loop
         self.transport = transport
+        # Held here: a loop refers to its async generators only weakly.
         self._keeper: AsyncGenerator[None, None] | None = None
 
     async def keep(self) -> None:
@@ -113,7 +114,7 @@ class _Pool:
     def close_elsewhere(self) -> None:
         """Close from a thread that is not running this pool's loop (blocks)."""
         loop = self.loop
-        if loop_finished(loop):
+        if _loop_finished(loop):
             return  # its keeper closed it as the loop shut down
         if isinstance(loop, asyncio.AbstractEventLoop):
             if loop.is_running():
@@ -136,13 +137,13 @@ class LoopLocalAsyncTransport:
         self._pools: dict[int, _Pool] = {}
 
     async def _pool(self) -> _Pool:
-        loop = current_loop()
+        loop = _current_loop()
         with self._lock:
             pool = self._pools.get(id(loop))
             if pool is not None and pool.loop is loop:
                 return pool
             for key, other in list(self._pools.items()):
-                if loop_finished(other.loop):  # closed by its keeper as it shut down
+                if _loop_finished(other.loop):  # closed by its keeper as it shut down
                     del self._pools[key]
             pool = _Pool(loop, self._factory())
             self._pools[id(loop)] = pool
@@ -160,7 +161,7 @@ class LoopLocalAsyncTransport:
 
     async def aclose(self) -> None:
         """Close every loop's pool: this loop's here, the others in their own loops."""
-        loop = current_loop()
+        loop = _current_loop()
         for pool in self._take_all():
             if pool.loop is loop:
                 await pool.aclose()
@@ -171,4 +172,4 @@ class LoopLocalAsyncTransport:
         return f"LoopLocalAsyncTransport(loops={len(self._pools)})"
 
 
-__all__ = ["LoopLocalAsyncTransport", "current_loop", "loop_finished"]
+__all__ = ["LoopLocalAsyncTransport"]
