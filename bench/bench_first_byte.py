@@ -11,15 +11,13 @@ warm connections, with limits set high. Target: the median difference is within 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import statistics
 import time
-from multiprocessing.connection import Connection
 
 import httpx2
 
 from mistral_ratelimit import RatelimitConfig, RateLimiter
-from mistral_ratelimit.emulator import Emulator
+from mistral_ratelimit.emulator import EmulatorProcess
 from mistral_ratelimit.httpx2 import RateLimitTransport
 
 BODY = {
@@ -28,14 +26,6 @@ BODY = {
     "stream": True,
     "completion_args": {"max_tokens": 24},
 }
-
-
-def serve(conn: Connection) -> None:
-    with Emulator(
-        requests_per_second=100_000, tokens_per_minute=1e12, stream_tokens_per_second=2000
-    ) as emu:
-        conn.send(emu.url)
-        conn.recv()
 
 
 def first_byte(client: httpx2.Client, url: str) -> float:
@@ -53,10 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.Process(target=serve, args=(child,))
-    proc.start()
-    url = parent.recv() + "/v1/conversations"
+    server = EmulatorProcess(
+        requests_per_second=100_000, tokens_per_minute=1e12, stream_tokens_per_second=2000
+    ).start()
+    url = server.url + "/v1/conversations"
     cfg = RatelimitConfig(api_key="k", requests_per_second=1e9, tokens_per_minute=1e12)
     bare = httpx2.Client()
     ours = httpx2.Client(transport=RateLimitTransport(config=cfg, limiter=RateLimiter(cfg)))
@@ -71,8 +61,7 @@ def main() -> None:
     finally:
         bare.close()
         ours.close()
-        parent.send("stop")
-        proc.join(10)
+        server.stop()
     print(f"first byte of a streamed reply, {args.requests} requests each, alternating")
     print(f"  {'path':<24}{'median ms':>11}{'p95 ms':>10}")
     for name, label in (("bare", "bare HTTPTransport"), ("ours", "RateLimitTransport")):

@@ -99,8 +99,10 @@ def main() -> int:
     print(f"run: {elapsed:.1f} s (new calls for {args.duration:.0f} s, then the queue drained)")
     print(f"calls: {len(calls)} ({sum(c.mode == 'sync' for c in calls)} sync)")
     print(f"429s that reached the caller: {to_caller}; other errors: {errors}")
+    refused_at = ", ".join(f"{r.arrival - log[0].arrival:.2f}" for r in log if r.status == 429)
     print(
         f"429s the server issued: {server_429} (retried by the client: {stats.rate_limited_seen})"
+        + (f", at {refused_at} s" if refused_at else "")
     )
     print(
         f"requests admitted: {len(admitted)} of {allowed} allowed over {span:.2f} s = {share:.1%}"

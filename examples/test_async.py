@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from mistral_ratelimit.demo import api_key_present, open_session
+from mistral_ratelimit.demo import Session, api_key_present, open_session
 
 LIMITS: dict[str, Any] = (
     {} if api_key_present() else {"requests_per_second": 2, "tokens_per_minute": 100_000}
@@ -38,24 +38,26 @@ async def ask(conv: Any, model: str, question: str, t0: float) -> int:
     return total
 
 
-async def run() -> bool:
-    with open_session(**LIMITS) as session:
-        print(f"Running against {session.where}")
-        conv = session.client.beta.conversations
-        t0 = time.monotonic()
-        # Eight requests at once: the limiter spaces them out instead of letting 429s through.
-        tokens = await asyncio.gather(*(ask(conv, session.model, q, t0) for q in QUESTIONS))
-        stats = session.client.stats()
-        print(
-            f"{sum(tokens)} tokens in {time.monotonic() - t0:.1f} s; "
-            f"{stats.requests_admitted} requests admitted, {stats.rate_limited_seen} 429s "
-            f"retried, longest wait {stats.wait_seconds_max:.2f} s"
-        )
-        return stats.requests_admitted == 2 * len(QUESTIONS) and all(tokens)
+async def run(session: Session) -> bool:
+    conv = session.client.beta.conversations
+    t0 = time.monotonic()
+    # Eight requests at once: the limiter spaces them out instead of letting 429s through.
+    tokens = await asyncio.gather(*(ask(conv, session.model, q, t0) for q in QUESTIONS))
+    stats = session.client.stats()
+    print(
+        f"{sum(tokens)} tokens in {time.monotonic() - t0:.1f} s; "
+        f"{stats.requests_admitted} requests admitted, {stats.rate_limited_seen} 429s "
+        f"retried, longest wait {stats.wait_seconds_max:.2f} s"
+    )
+    return stats.requests_admitted == 2 * len(QUESTIONS) and all(tokens)
 
 
 def main() -> int:
-    ok = asyncio.run(run())
+    # The client outlives the event loop: asyncio.run closes the loop's connections as it
+    # ends, and leaving the `with` closes the rest.
+    with open_session(**LIMITS) as session:
+        print(f"Running against {session.where}")
+        ok = asyncio.run(run(session))
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -29,7 +29,10 @@ def main() -> int:
             model=session.model,
             completion_args={"max_tokens": 32},
         )
-        print(f"[{time.monotonic() - t0:5.2f} s] start: {r.outputs[0].content!r}  {r.usage}")
+        print(
+            f"[{time.monotonic() - t0:5.2f} s] start: {r.outputs[0].content!r}  "
+            f"({r.usage.prompt_tokens} prompt + {r.usage.completion_tokens} completion tokens)"
+        )
         cid = r.conversation_id
 
         r = conv.append(conversation_id=cid, inputs="Reply with exactly: again")

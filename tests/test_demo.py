@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from mistral_ratelimit import Limit, MistralRatelimitClient
 from mistral_ratelimit.cli import main as cli_main
 from mistral_ratelimit.demo import runner
 from mistral_ratelimit.demo.chart import Timeline, draw, timeline_from_log
-from mistral_ratelimit.demo.live import Snapshot, render
+from mistral_ratelimit.demo.live import Snapshot, progress_line, render
 from mistral_ratelimit.demo.session import Session, open_session
 from mistral_ratelimit.demo.summary import allowed_requests, peak_in_window, rows, summarize
 from mistral_ratelimit.demo.tracking import Progress, Tracker, percentile, status_of
@@ -217,6 +218,10 @@ def test_live_view_renders_the_figures() -> None:
     assert "current wait  3.5 s" in text
     assert "25,000 / 50,000 tokens per 60 s" in text
     assert "2 / 3 requests per 1 s" in text
+    # Without a terminal, the one-line report shows the same figures against the limits.
+    line = progress_line(snap)
+    assert "done 30 (ok 29, 429s to caller 0, errors 1)  waiting 4" in line
+    assert "2 / 3 requests per 1 s  25,000 / 50,000 tokens per 60 s" in line
 
 
 # -- real runs against the emulator ------------------------------------------------------------
@@ -235,9 +240,10 @@ def short_options(tmp_path: Path, **kw: Any) -> runner.DemoOptions:
 
 
 @pytest.mark.sdk
-def test_short_demo_against_the_emulator(tmp_path: Path) -> None:
+def test_short_demo_against_the_emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "PROGRESS_EVERY", 1.0)
     out = io.StringIO()
-    result = runner.run_demo(short_options(tmp_path), Console(file=out, width=140))
+    result = runner.run_demo(short_options(tmp_path), Console(file=out, width=400))
     s = result.summary
     text = out.getvalue()
     assert result.exit_code == 0, text
@@ -255,6 +261,9 @@ def test_short_demo_against_the_emulator(tmp_path: Path) -> None:
     assert est["count"] + est["cheap_count"] == s.calls, est
     assert result.chart is not None and result.chart.read_bytes()[:4] == b"\x89PNG"
     assert "429s that reached the caller" in text
+    # Not a terminal: plain progress lines, with the tokens against the limit.
+    assert re.search(r"\d[\d,]* / 200,000 tokens per 60 s", text), text
+    assert re.search(r"\d / 5 requests per 1 s", text), text
     assert f"Timeline chart: {result.chart.resolve()}" in text.replace("\n", "")
     assert "PASS" in text
 

@@ -33,9 +33,8 @@ RATE_LIMITED = {
 
 @pytest.fixture
 def emu() -> Iterator[Emulator]:
-    with Emulator(
-        requests_per_second=1000, tokens_per_minute=5_000_000, tokens_per_month=10**9
-    ) as e:
+    # tokens_per_month is left at its default: the free tier's 1 billion.
+    with Emulator(requests_per_second=1000, tokens_per_minute=5_000_000) as e:
         yield e
 
 
@@ -71,6 +70,16 @@ def test_every_response_carries_the_rate_headers(emu: Emulator, client: httpx.Cl
         done["usage"]["prompt_tokens"]
     )
     assert responses[-1].headers["content-type"].startswith("text/event-stream")
+
+
+def test_the_month_pair_defaults_to_the_free_tier_budget(client: httpx.Client) -> None:
+    before = client.get("/v1/models")
+    reply = start(client)
+    for r in (before, reply):
+        assert r.headers["x-ratelimit-limit-tokens-month"] == "1000000000"
+    used = reply.json()["usage"]["total_tokens"]
+    assert int(before.headers["x-ratelimit-remaining-tokens-month"]) == 1_000_000_000
+    assert int(reply.headers["x-ratelimit-remaining-tokens-month"]) == 1_000_000_000 - used
 
 
 def test_remaining_headers_count_down(client: httpx.Client) -> None:
@@ -410,6 +419,7 @@ def test_cli_serve_binds_loopback_and_enforces_its_flags() -> None:
         assert r.status_code == 200
         assert r.headers["x-ratelimit-limit-req-minute"] == "300"
         assert r.headers["x-ratelimit-limit-tokens-minute"] == "1000"
+        assert r.headers["x-ratelimit-limit-tokens-month"] == "1000000000"
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop
         assert proc.wait(timeout=10) == 0

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from mistral_ratelimit.config import Limit
+from mistral_ratelimit.emulator.arguments import call_arguments
 from mistral_ratelimit.emulator.faults import Fault, FaultPlan, FaultRule
 from mistral_ratelimit.emulator.limits import (
     FixedWindow,
@@ -222,6 +223,72 @@ def test_function_call_when_a_tool_is_named() -> None:
     assert after.kind == "message"
 
 
+def test_the_seed_is_the_content_not_the_server_ids() -> None:
+    entry = {**_msg("tell me about windows"), "id": "msg_1", "created_at": "2026-01-01"}
+    moved = {**entry, "id": "msg_2", "created_at": "2026-02-02"}
+    assert generate(inputs=[entry], input_tokens=5) == generate(inputs=[moved], input_tokens=5)
+    base = generate(inputs=[entry], input_tokens=5)
+    for other in (
+        {"inputs": [_msg("tell me about buckets")]},
+        {"inputs": [entry], "model": "mistral-large-latest"},
+        {"inputs": [entry], "instructions": "Be brief."},
+        {"inputs": [entry], "history": [_msg("before")]},
+        {"inputs": [entry], "completion_args": {"random_seed": 7}},
+    ):
+        assert generate(input_tokens=5, **other).text != base.text, other  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "properties,texts,expected",
+    [
+        ({"city": {"type": "string"}}, ["What is the weather in Paris?"], {"city": "Paris"}),
+        (
+            {"city": {"type": "string"}, "country": {"type": "string"}},
+            ["Is it raining in New York, United States?"],
+            {"city": "New York", "country": "United States"},
+        ),
+        (
+            {"city": {"type": "string"}, "days": {"type": "integer"}},
+            ["get_weather for Rome over the next 3 days"],
+            {"city": "Rome", "days": 3},
+        ),
+        (
+            {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            ["Temperature in Fahrenheit please"],
+            {"unit": "fahrenheit"},
+        ),
+        (
+            {"query": {"type": "string"}, "limit": {"type": "integer", "default": 10}},
+            ['search for "sliding windows"'],
+            {"query": "sliding windows", "limit": 10},
+        ),
+        ({"city": {"type": "string"}}, ["city: Lyon. Not Paris!"], {"city": "Lyon"}),
+        (
+            {"where": {"type": "object", "properties": {"city": {"type": "string"}}}},
+            ["Book a table in Madrid"],
+            {"where": {"city": "Madrid"}},
+        ),
+        (
+            {"tags": {"type": "array", "items": {"type": "string"}}},
+            ["tag it Urgent"],
+            {"tags": ["Urgent"]},
+        ),
+        (
+            {"city": {"type": "string", "default": "Oslo"}},
+            ["what is the weather"],
+            {"city": "Oslo"},
+        ),
+        ({"city": {"type": "string"}}, ["what is the weather"], {"city": "weather"}),
+        ({"ok": {"type": "boolean"}, "n": {"type": "number"}}, ["go"], {"ok": True, "n": 1}),
+    ],
+)
+def test_call_arguments_follow_the_schema_and_the_user_text(
+    properties: dict[str, object], texts: list[str], expected: dict[str, object]
+) -> None:
+    schema = {"type": "object", "properties": properties}
+    assert call_arguments(schema, texts, "get_weather") == expected
+
+
 def test_fault_plan_queue_every_nth_and_probability() -> None:
     plan = FaultPlan([FaultRule(Fault("server_error", status=502), every=3)], seed=7)
     picks = [plan.pick(generation=True, stream=False) for _ in range(9)]
@@ -260,3 +327,18 @@ def test_request_log_bound_drops_the_oldest() -> None:
     assert [r.path for r in log] == ["/v1/2", "/v1/3", "/v1/4"]
     assert log.tokens_between(0, 10) == 50  # charges are kept longer (4x) than records
     assert log.max_in_window(1.5) == 2
+
+
+def test_request_log_counts_arrivals_and_travels_between_processes() -> None:
+    import pickle
+
+    from mistral_ratelimit.emulator.log import RequestLog, RequestRecord
+
+    log = RequestLog()
+    for t, admitted in ((0.0, True), (0.2, False), (0.4, True), (0.6, False), (2.0, True)):
+        log.open(RequestRecord(t, t, "POST", "/v1/conversations", admitted=admitted))
+    assert log.max_in_window(1.0) == 2  # what the server let through
+    assert log.max_in_window(1.0, arrivals=True) == 4  # what the client sent
+    copy = pickle.loads(pickle.dumps(log))
+    assert copy.snapshot() == log.snapshot()
+    assert copy.max_in_window(1.0, arrivals=True) == 4

@@ -19,7 +19,8 @@ from mistral_ratelimit import (
     RateLimiter,
     RequestTooLarge,
 )
-from mistral_ratelimit.sdk import LoopLocalAsyncTransport, detect_sdk_line, is_loopback_url
+from mistral_ratelimit.loop_local import LoopLocalAsyncTransport
+from mistral_ratelimit.sdk import detect_sdk_line, is_loopback_url
 
 pytestmark = pytest.mark.sdk
 

@@ -35,8 +35,14 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 MARKER = re.compile(r"<!--\s*(test|no-test):\s*(.*?)\s*-->\s*\n```python\n(.*?)^```", re.S | re.M)
 PYTHON_BLOCK = re.compile(r"^```python\n", re.M)
 MISTRAL_HOSTS = ("api.mistral.ai", "api.eu.mistral.ai", "api.us.mistral.ai")
-#: What a snippet's output must show, where the README text promises it.
-EXPECTED_OUTPUT = {"errors": "request needs", "shared-limiter": "3", "emulator": "pong 1 0"}
+#: What a snippet prints, all of it (a regular expression), where the README promises it.
+EXPECTED_OUTPUT = {
+    "errors": r"request needs 600\d\d tokens but the limit allows only 50000 tokens per 60 s.*",
+    "shared-limiter": r"3",
+    "emulator": r"pong 1 0",
+    "byo-httpx2": r"\d+\n\d+\n2",
+    "byo-httpx": r"\d+",
+}
 #: (requests, seconds): at most that many arrivals at the server in any such window, from
 #: the snippet's limits (1.2 rps is one request per 0.83 s), less slack for arrival jitter.
 EXPECTED_RATE = {"shared-limiter": (1, 0.9), "facade": (1, 0.75)}
@@ -123,6 +129,22 @@ def _redirect(monkeypatch: pytest.MonkeyPatch, port: int) -> None:
         monkeypatch.setattr(lib.AsyncHTTPTransport, "handle_async_request", ahandle)
 
 
+def _left_open(namespace: dict[str, Any]) -> list[str]:
+    """The HTTP clients a snippet left open: its own, and those it gave a ``Mistral``
+    (the SDK never closes clients it was given; ``MistralRatelimitClient`` gives its own)."""
+    found: list[tuple[str, Any]] = []
+    for name, value in namespace.items():
+        if type(value).__module__.split(".")[0] in ("httpx", "httpx2"):
+            found.append((name, value))
+        cfg = getattr(value, "sdk_configuration", None)
+        if cfg is not None:
+            if cfg.client_supplied:
+                found.append((f"{name}'s client", cfg.client))
+            if cfg.async_client_supplied:
+                found.append((f"{name}'s async_client", cfg.async_client))
+    return [name for name, client in found if getattr(client, "is_closed", True) is False]
+
+
 @pytest.mark.parametrize("snippet", SNIPPETS, ids=[s.name for s in SNIPPETS])
 def test_readme_snippet_runs(
     snippet: Snippet, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
@@ -139,11 +161,14 @@ def test_readme_snippet_runs(
         snippet.code, f"README.md (snippet {snippet.name!r}, line {snippet.line})", "exec"
     )
     out = io.StringIO()
+    namespace: dict[str, Any] = {"__name__": f"readme_{snippet.name.replace('-', '_')}"}
     with contextlib.redirect_stdout(out):
-        exec(code, {"__name__": f"readme_{snippet.name.replace('-', '_')}"})
+        exec(code, namespace)
     printed = out.getvalue()
     assert printed.strip(), "a README snippet should show its result"
-    assert EXPECTED_OUTPUT.get(snippet.name, "") in printed
+    if snippet.name in EXPECTED_OUTPUT:
+        assert re.fullmatch(EXPECTED_OUTPUT[snippet.name], printed.strip(), re.S), printed
+    assert _left_open(namespace) == [], "the snippet should close every HTTP client it opens"
     if snippet.name in ("errors", "emulator"):  # refused before sending / its own emulator
         assert len(emulator.log) == 0
         return

@@ -18,8 +18,8 @@ from .config import RatelimitConfig
 from .errors import RatelimitError
 from .limiter.base import Limiter, LimiterStats
 from .limiter.memory import RateLimiter
+from .loop_local import LoopLocalAsyncTransport
 from .sdk import (
-    LoopLocalAsyncTransport,
     SdkLine,
     detect_sdk_line,
     install_retry_note,
@@ -174,13 +174,16 @@ class MistralRatelimitClient:
             loop = None
         if loop is not None:
             # Sync close() called inside a running loop: the pool of this loop is closed
-            # by a task on it, since blocking here would deadlock the loop.
+            # by a task on it, since blocking here would deadlock the loop. Should the loop
+            # end before that task is done, the pool is closed as the loop shuts down
+            # (loop_local.py).
             self._close_task = loop.create_task(self.async_http_client.aclose())
             return
         try:
+            # Each loop's pool is closed in its own loop; this one only drives that.
             asyncio.run(self.async_http_client.aclose())
-        except Exception:  # its connections belonged to loops that are gone
-            log.debug("closing the async HTTP client failed", exc_info=True)
+        except Exception:  # a user-supplied async transport that cannot close from here
+            log.warning("closing the async HTTP client failed", exc_info=True)
 
     def __enter__(self) -> MistralRatelimitClient:
         return self

@@ -12,15 +12,13 @@ version table, so a future line that switches library again is wired correctly.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import importlib
 import importlib.metadata
 import ipaddress
 import logging
 import sys
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -195,79 +193,7 @@ def install_retry_note(sdk: Any, line: SdkLine) -> bool:
     return True
 
 
-# -- an async connection pool per event loop ----------------------------------------------
-def _current_loop() -> Any:
-    """The running asyncio loop or trio run, or None outside async code."""
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    trio = sys.modules.get("trio")
-    if trio is not None:
-        try:
-            return trio.lowlevel.current_trio_token()
-        except RuntimeError:
-            pass
-    return None
-
-
-def _loop_finished(loop: Any) -> bool:
-    is_closed = getattr(loop, "is_closed", None)
-    if callable(is_closed):
-        return bool(is_closed())
-    try:  # a trio token refuses new work once its run has ended
-        loop.run_sync_soon(lambda: None)
-    except Exception:
-        return True
-    return False
-
-
-class LoopLocalAsyncTransport:
-    """An async transport that keeps one connection pool per event loop.
-
-    A pooled connection belongs to the loop that opened it; reusing it from a later
-    ``asyncio.run()`` raises ``RuntimeError: Event loop is closed`` in httpx and httpx2
-    alike. The facade's async client must survive being used from several loops (a script
-    that calls ``asyncio.run`` twice, or threads each running their own loop), so each
-    loop gets its own inner transport; pools of finished loops are dropped, since their
-    sockets can no longer be closed from any loop.
-    """
-
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-        self._lock = threading.Lock()
-        self._by_loop: dict[int, tuple[Any, Any]] = {}
-
-    def _transport(self) -> Any:
-        loop = _current_loop()
-        with self._lock:
-            entry = self._by_loop.get(id(loop))
-            if entry is not None and entry[0] is loop:
-                return entry[1]
-            for key, (other, _) in list(self._by_loop.items()):
-                if other is None or _loop_finished(other):
-                    del self._by_loop[key]
-            transport = self._factory()
-            self._by_loop[id(loop)] = (loop, transport)
-            return transport
-
-    async def handle_async_request(self, request: Any) -> Any:
-        return await self._transport().handle_async_request(request)
-
-    async def aclose(self) -> None:
-        loop = _current_loop()
-        with self._lock:
-            entries, self._by_loop = self._by_loop, {}
-        for other, transport in entries.values():
-            if other is loop:
-                await transport.aclose()
-
-    def __repr__(self) -> str:
-        return f"LoopLocalAsyncTransport(loops={len(self._by_loop)})"
-
-
 __all__ = [
-    "LoopLocalAsyncTransport",
     "RetryNoteHook",
     "SdkLine",
     "attempts_record",

@@ -28,17 +28,37 @@ class Snapshot:
     tokens_limit: Limit | None
 
 
+def against_limit(used: float, limit: Limit | None, unit: str) -> str:
+    """``25,000 / 50,000 tokens per 60 s``: what the window holds, against its limit."""
+    if limit is None:
+        return f"{used:,.0f} {unit} (no limit)"
+    return f"{used:,.0f} / {limit.amount:,.0f} {unit} per {limit.per_seconds:g} s"
+
+
 def _gauge(used: float, limit: Limit | None, unit: str) -> Table:
     grid = Table.grid(padding=(0, 1))
     if limit is None:
-        grid.add_row(Text(f"{used:,.0f} {unit} (no limit)"))
+        grid.add_row(Text(against_limit(used, limit, unit)))
         return grid
     share = min(1.0, used / limit.amount) if limit.amount else 0.0
     grid.add_row(
         ProgressBar(total=1.0, completed=share, width=40),
-        Text(f"{used:,.0f} / {limit.amount:,.0f} {unit} per {limit.per_seconds:g} s"),
+        Text(against_limit(used, limit, unit)),
     )
     return grid
+
+
+def progress_line(s: Snapshot) -> str:
+    """The same figures as :func:`render`, on one plain line, for output that is not a
+    terminal (a log, CI)."""
+    p = s.progress
+    return (
+        f"{p.elapsed:5.1f} s  done {p.done} (ok {p.ok}, 429s to caller {p.rate_limited}, "
+        f"errors {p.errors})  waiting {p.queued}  current wait {p.current_wait:.1f} s  "
+        f"{against_limit(s.requests_in_window, s.requests_limit, 'requests')}  "
+        f"{against_limit(s.tokens_in_window, s.tokens_limit, 'tokens')}  "
+        f"(tokens reported {p.tokens:,})"
+    )
 
 
 def render(s: Snapshot) -> Group:
@@ -95,4 +115,4 @@ async def live_view(
             live.update(render(sample()), refresh=True)
 
 
-__all__ = ["Snapshot", "live_view", "render"]
+__all__ = ["Snapshot", "against_limit", "live_view", "progress_line", "render"]

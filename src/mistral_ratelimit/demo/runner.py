@@ -17,7 +17,7 @@ from rich.console import Console
 from ..accounting.tokenizer import tokenizer_info
 from ..config import Limit, RatelimitConfig
 from .chart import draw, timeline_from_calls, timeline_from_log
-from .live import Snapshot, live_view
+from .live import Snapshot, live_view, progress_line
 from .session import Session, api_key_present, open_session
 from .summary import Summary, summarize, table
 from .workload import Workload, WorkloadPlan
@@ -37,6 +37,8 @@ REAL_PLAN = WorkloadPlan(
     document_phases=(),
 )
 CHART_NAME = "demo-timeline"
+#: Seconds between progress lines when the output is not a terminal (no live view).
+PROGRESS_EVERY = 5.0
 
 
 @dataclass(frozen=True)
@@ -109,14 +111,8 @@ async def _drive(workload: Workload, session: Session, console: Console, live: b
 
     async def report() -> None:
         while True:
-            await asyncio.sleep(5.0)
-            p = sample().progress
-            console.print(
-                f"{p.elapsed:5.1f} s  done {p.done} (ok {p.ok}, 429s to caller "
-                f"{p.rate_limited}, errors {p.errors})  waiting {p.queued}  "
-                f"current wait {p.current_wait:.1f} s  tokens {p.tokens:,}",
-                highlight=False,
-            )
+            await asyncio.sleep(PROGRESS_EVERY)
+            console.print(progress_line(sample()), highlight=False)
 
     task = asyncio.create_task(report())
     try:

@@ -14,8 +14,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..loop_local import LoopLocalAsyncTransport
 from ..mistral import LOCAL_SERVER_KEY, MissingApiKey, MistralRatelimitClient
-from ..sdk import LoopLocalAsyncTransport, detect_sdk_line
+from ..sdk import detect_sdk_line
 from .tracking import AsyncMarkSentTransport, MarkSentTransport, Tracker
 
 if TYPE_CHECKING:

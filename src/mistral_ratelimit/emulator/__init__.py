@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .faults import Fault, FaultPlan, FaultRule
     from .log import RequestLog, RequestRecord
+    from .process import EmulatorProcess
     from .replies import ReplyShape
     from .server import Emulator, serve
     from .settings import EmulatorConfig
@@ -24,6 +25,7 @@ _WHERE = {
     "Emulator": ".server",
     "serve": ".server",
     "EmulatorConfig": ".settings",
+    "EmulatorProcess": ".process",
     "Fault": ".faults",
     "FaultPlan": ".faults",
     "FaultRule": ".faults",
@@ -43,6 +45,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Emulator",
     "EmulatorConfig",
+    "EmulatorProcess",
     "Fault",
     "FaultPlan",
     "FaultRule",

@@ -591,6 +591,8 @@ class EmulatorApp:
         reply = generate(
             inputs=new_entries,
             input_tokens=max(0, new_tokens),
+            history=history,
+            model=conv.model,
             instructions=conv.instructions,
             tools=conv.tools,
             completion_args=completion_args,

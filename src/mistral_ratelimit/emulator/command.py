@@ -11,6 +11,11 @@ import logging
 import os
 
 from ..config import Limit
+from .settings import (
+    FREE_TIER_REQUESTS_PER_SECOND,
+    FREE_TIER_TOKENS_PER_MINUTE,
+    FREE_TIER_TOKENS_PER_MONTH,
+)
 
 API_KEY_ENV = "MISTRAL_RATELIMIT_EMULATOR_API_KEY"
 
@@ -23,10 +28,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     add("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
-    add("--rps", type=_off, default=1.0, help="requests per second ('off' to disable)")
+    add(
+        "--rps",
+        type=_off,
+        default=FREE_TIER_REQUESTS_PER_SECOND,
+        help="requests per second ('off' to disable)",
+    )
     add("--rpm", type=_off, default=None, help="requests per minute rung")
-    add("--tpm", type=_off, default=500_000, help="tokens per minute ('off' to disable)")
-    add("--tokens-per-month", type=_off, default=None, help="tokens per month")
+    add(
+        "--tpm",
+        type=_off,
+        default=FREE_TIER_TOKENS_PER_MINUTE,
+        help="tokens per minute ('off' to disable)",
+    )
+    add(
+        "--tokens-per-month",
+        type=_off,
+        default=FREE_TIER_TOKENS_PER_MONTH,
+        help="tokens per month (default: the free tier's 1 billion; 'off' to disable)",
+    )
     add("--max-concurrency", type=int, default=None, help="concurrent requests allowed")
     add(
         "--limit",

@@ -49,6 +49,16 @@ class RequestLog:
             maxlen=None if max_records is None else 4 * max_records
         )
 
+    def __getstate__(self) -> dict[str, object]:
+        # Pickled to send the log out of a server process (EmulatorProcess.log()).
+        with self._lock:
+            return {"records": self._records.copy(), "charges": self._charges.copy()}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self._lock = threading.Lock()
+        self._records = state["records"]  # type: ignore[assignment]
+        self._charges = state["charges"]  # type: ignore[assignment]
+
     def open(self, record: RequestRecord) -> RequestRecord:
         with self._lock:
             self._records.append(record)
@@ -99,14 +109,19 @@ class RequestLog:
     def count(self, status: int) -> int:
         return sum(1 for r in self.snapshot() if r.status == status)
 
-    def max_in_window(self, seconds: float, *, unit: str = "requests") -> float:
-        """Most admitted requests (or charged tokens) in any window of ``seconds``.
+    def max_in_window(
+        self, seconds: float, *, unit: str = "requests", arrivals: bool = False
+    ) -> float:
+        """Most admitted requests (or charged tokens) in any window of ``seconds``;
+        ``arrivals=True`` counts every request that arrived, refused ones too: what a
+        client sent, rather than what the server let through.
 
         Windows are ``(t - seconds, t]`` anchored at each event: a request's arrival, or a
         token charge at the moment it was made (prompt at admission, output as generated).
         """
         if unit == "requests":
-            events = sorted((r.arrival, 1.0) for r in self.admitted())
+            requests = self.snapshot() if arrivals else self.admitted()
+            events = sorted((r.arrival, 1.0) for r in requests)
         else:
             with self._lock:
                 events = sorted((t, float(n)) for t, n in self._charges)

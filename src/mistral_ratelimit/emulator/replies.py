@@ -1,13 +1,20 @@
 """Deterministic replies: the same request always gets the same answer.
 
+The seed is the request's content only: the model, the instructions, the tools,
+``completion_args.random_seed`` and, for each entry of the history and the new inputs, what
+the model sees of it (type, role, content, name, arguments, result). The ids and
+timestamps the server gives entries are new on every call, so they stay out of it: the same
+body sent twice, or to two emulators, gets the same reply.
+
 * A plain message gets seeded filler text whose length follows the size of the new inputs
   (``min_tokens + ratio * input_tokens``, at most ``max_tokens_default``), capped by
   ``completion_args.max_tokens``.
 * "reply with exactly X" (any case, in the inputs or the instructions) returns exactly X,
   so examples and tests can check an answer. It is not truncated by ``max_tokens``.
 * With function tools, a request that names a function (or sets ``tool_choice`` to
-  ``any``/``required``) gets a ``function.call`` with arguments built from its schema,
-  unless the newest input already is a function result.
+  ``any``/``required``) gets a ``function.call`` with arguments built from its schema
+  and the user's words (``arguments.py``), unless the newest input already is a function
+  result.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from .arguments import call_arguments
 from .tokens import TOOL_CALL, content_text, count_text
 
 _EXACTLY = re.compile(r"reply\s+with\s+exactly\s*:?\s*(.+)", re.IGNORECASE | re.DOTALL)
 _QUOTES = {'"': '"', "'": "'", "`": "`", "\u201c": "\u201d", "\u00ab": "\u00bb"}
 _PIECES = re.compile(r"\S+\s*|\s+")
+#: What the model sees of an entry; everything else (id, created_at, ...) is the server's.
+_CONTENT_FIELDS = ("type", "role", "content", "name", "arguments", "result")
+_CALL_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789"
 
 _WORDS = tuple(
     [
@@ -131,7 +142,9 @@ def _piece_tokens(piece: str) -> int:
 
 
 def _rng(seed: int, *parts: Any) -> random.Random:
-    digest = hashlib.sha256(json.dumps([seed, *parts], default=str).encode()).digest()
+    digest = hashlib.sha256(
+        json.dumps([seed, *parts], default=str, sort_keys=True).encode()
+    ).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 
 
@@ -199,28 +212,17 @@ def _function_tools(tools: Sequence[Any] | None) -> list[Mapping[str, Any]]:
     return out
 
 
-def _arguments(rng: random.Random, schema: Any) -> dict[str, Any]:
-    props = schema.get("properties") if isinstance(schema, Mapping) else None
-    args: dict[str, Any] = {}
-    for name, spec in (props or {}).items():
-        spec = spec if isinstance(spec, Mapping) else {}
-        if isinstance(spec.get("enum"), list) and spec["enum"]:
-            args[name] = spec["enum"][0]
-            continue
-        kind = spec.get("type")
-        if kind == "integer":
-            args[name] = rng.randint(1, 10)
-        elif kind == "number":
-            args[name] = round(rng.uniform(1, 10), 2)
-        elif kind == "boolean":
-            args[name] = True
-        elif kind == "array":
-            args[name] = []
-        elif kind == "object":
-            args[name] = {}
-        else:
-            args[name] = rng.choice(_WORDS)
-    return args
+def _user_texts(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The text of each user message, newest first."""
+    return [
+        content_text(e.get("content"))[0]
+        for e in reversed(entries)
+        if e.get("type", "message.input") == "message.input"
+    ]
+
+
+def _content(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: e[k] for k in _CONTENT_FIELDS if k in e} for e in entries]
 
 
 def _wants_call(fn_name: str, text: str) -> bool:
@@ -233,42 +235,47 @@ def generate(
     *,
     inputs: Sequence[Mapping[str, Any]],
     input_tokens: int,
+    history: Sequence[Mapping[str, Any]] = (),
+    model: str | None = None,
     instructions: str | None = None,
     tools: Sequence[Any] | None = None,
     completion_args: Mapping[str, Any] | None = None,
     shape: ReplyShape = ReplyShape(),
     seed: int = 0,
 ) -> Reply:
-    """The reply to new ``inputs`` (entries) of ``input_tokens`` prompt tokens."""
+    """The reply to new ``inputs`` (entries) of ``input_tokens`` prompt tokens, after the
+    stored ``history``."""
     args = completion_args or {}
-    user_texts = [
-        content_text(e.get("content"))[0]
-        for e in reversed(inputs)
-        if e.get("type", "message.input") == "message.input"
-    ]
-    rng = _rng(seed, [dict(e) for e in inputs], instructions)
+    new_texts = _user_texts(inputs)
+    user_texts = [*new_texts, *_user_texts(history)]
+    rng = _rng(
+        seed,
+        model,
+        instructions,
+        tools,
+        args.get("random_seed"),
+        _content(history),
+        _content(inputs),
+    )
 
     functions = _function_tools(tools)
     last_is_result = bool(inputs) and inputs[-1].get("type") == "function.result"
     choice = args.get("tool_choice")
     if functions and not last_is_result and choice != "none":
-        newest = user_texts[0] if user_texts else ""
+        newest = new_texts[0] if new_texts else ""
         chosen = next((f for f in functions if _wants_call(f["name"], newest)), None)
         if chosen is None and choice in ("any", "required"):
             chosen = functions[0]
         if chosen is not None:
             name = str(chosen["name"])
-            arguments = json.dumps(_arguments(rng, chosen.get("parameters")))
+            arguments = json.dumps(call_arguments(chosen.get("parameters"), user_texts, name))
             third = max(1, len(arguments) // 3)
             pieces = [arguments[i : i + third] for i in range(0, len(arguments), third)]
             total = count_text(name) + count_text(arguments) + TOOL_CALL
-            call_id = "".join(
-                rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnpqrstuvwxyz23456789")
-                for _ in range(9)
-            )
+            call_id = "".join(rng.choice(_CALL_ID_ALPHABET) for _ in range(9))
             return _with_counts("function_call", pieces, total, name=name, tool_call_id=call_id)
 
-    exact = exact_answer([*user_texts, instructions or ""])
+    exact = exact_answer([*new_texts, instructions or ""])
     if exact is not None:
         chunks = _split(exact) if exact else [""]
         return _with_counts("message", chunks, count_text(exact))

@@ -14,6 +14,12 @@ from .replies import ReplyShape
 
 RetryAfter = Literal["seconds", "http-date"]
 
+# Mistral's free tier (help.mistral.ai/en/articles/225174): "1 request per second, 500,000
+# tokens per minute, 1 billion tokens per month".
+FREE_TIER_REQUESTS_PER_SECOND = 1.0
+FREE_TIER_TOKENS_PER_MINUTE = 500_000
+FREE_TIER_TOKENS_PER_MONTH = 1_000_000_000
+
 
 def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> None:
     if value is None:
@@ -26,13 +32,15 @@ def _positive(name: str, value: float | None, *, allow_zero: bool = False) -> No
 
 @dataclass(repr=False)
 class EmulatorConfig:
-    """Defaults are Mistral's free tier: 1 request per second, 500 000 tokens per minute."""
+    """Defaults are Mistral's free tier: 1 request per second, 500 000 tokens per minute and
+    1 billion tokens per month, so every response carries the month pair of headers, as
+    Mistral's do."""
 
-    requests_per_second: float | None = 1.0
+    requests_per_second: float | None = FREE_TIER_REQUESTS_PER_SECOND
     #: The per-minute request rung (what x-ratelimit-limit-req-minute reports).
     requests_per_minute: float | None = None
-    tokens_per_minute: float | None = 500_000
-    tokens_per_month: float | None = None
+    tokens_per_minute: float | None = FREE_TIER_TOKENS_PER_MINUTE
+    tokens_per_month: float | None = FREE_TIER_TOKENS_PER_MONTH
     max_concurrency: int | None = None
     #: Extra windows: ``Limit`` objects or ``(amount, per_seconds, unit)`` tuples.
     limits: Sequence[Limit | tuple[float, float, str]] = ()
@@ -162,4 +170,10 @@ class EmulatorConfig:
         return LimitSet(rungs, report_requests_per_minute=report_rpm)
 
 
-__all__ = ["EmulatorConfig", "RetryAfter"]
+__all__ = [
+    "FREE_TIER_REQUESTS_PER_SECOND",
+    "FREE_TIER_TOKENS_PER_MINUTE",
+    "FREE_TIER_TOKENS_PER_MONTH",
+    "EmulatorConfig",
+    "RetryAfter",
+]
