@@ -12,7 +12,9 @@ Two kinds of tests live here:
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
+import re
 
 import anyio
 import pytest
@@ -665,8 +667,8 @@ def test_pause_moves_scheduled_reservations_behind_it(
     # delay() re-books each waiter behind the pause; none goes before it ends.
     for res in (second, third, new):
         assert limiter.delay(res) >= pause_end - clock() - 1e-9
-    clock.set(max(second.at, third.at, new.at))
-    for res in (second, third, new):
+    for res in (second, third, new):  # each caller wakes when its turn comes
+        clock.set(res.at)
         assert limiter.delay(res) == 0.0
     grants = [(r.at, 1.0) for r in (first, second, third, new)]
     assert admitted_per_window(grants, 1.0) <= 1
@@ -758,3 +760,68 @@ def test_limiter_survives_two_asyncio_runs_with_queued_waiters(
     # bookings of the cancelled four (120 s).
     wait = asyncio.run(second_run())
     assert 0 < wait <= 60.0 * 1.01 + 0.5
+
+
+@pytest.mark.parametrize("first_to_wake", ["earlier", "later"])
+def test_waiters_woken_late_never_send_two_in_one_window(
+    make_limiter: MakeLimiter, clock: FakeClock, first_to_wake: str
+) -> None:
+    """1 per 10 s: r2 is due at ~10.1 s and r3 at ~20.2 s; both callers wake 0.3 s after r3
+    was due. Whichever asks first goes, and is anchored at when it left; the other must
+    wait a window from then, not go in the same instant."""
+    limiter = make_limiter(requests_limit(1, 10.0), clock=clock, window_margin=0.025)
+    assert limiter.delay(limiter.reserve(0)) == 0.0
+    r2, r3 = limiter.reserve(0), limiter.reserve(0)
+    assert 10.0 < r2.at - clock() < 10.3 and 20.0 < r3.at - clock() < 20.5
+    clock.set(r3.at + 0.3)
+    first, second = (r2, r3) if first_to_wake == "earlier" else (r3, r2)
+    went_at = clock()
+    assert limiter.delay(first) == 0.0
+    anchor(limiter, first, went_at - first.due_at)  # it left now, late
+    wait = limiter.delay(second)
+    assert 10.0 - 0.025 - 1e-9 <= wait <= 10.0 + 0.025 + 0.1 + 1e-9
+    clock.advance(wait)
+    assert limiter.delay(second) == 0.0
+    assert clock() - went_at >= 10.0 - 1e-9
+
+
+def test_a_waiter_woken_late_counts_from_when_it_went(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Without any anchor from the caller: a grant given late counts from the grant, so the
+    next booking waits a window from then (the caller cannot have gone earlier)."""
+    limiter = make_limiter(requests_limit(1, 10.0), clock=clock, window_margin=0.025)
+    assert limiter.delay(limiter.reserve(0)) == 0.0
+    late = limiter.reserve(0)
+    clock.set(late.at + 5.0)
+    went_at = clock()
+    assert limiter.delay(late) == 0.0
+    nxt = limiter.reserve(0)
+    assert nxt.at - went_at >= 10.0 - 1e-9
+
+
+def test_acquire_logs_the_wait_at_debug_and_nothing_when_it_went_at_once(
+    make_limiter: MakeLimiter, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = make_limiter(requests_limit(1, 10.0), clock=clock)
+    with caplog.at_level(logging.DEBUG, logger="mistral_ratelimit"):
+        acquire(limiter, 123, sleep=clock.sleep)
+        assert not caplog.records
+        acquire(limiter, 4567, sleep=clock.sleep)
+    (record,) = caplog.records
+    assert record.name == "mistral_ratelimit" and record.levelno == logging.DEBUG
+    waited = float(re.search(r"waited ([0-9.]+) s", record.getMessage()).group(1))  # type: ignore[union-attr]
+    assert 10.0 <= waited <= 10.2
+    assert "4567" not in record.getMessage()
+
+
+@pytest.mark.anyio
+async def test_aacquire_logs_the_wait_at_debug(
+    make_limiter: MakeLimiter, caplog: pytest.LogCaptureFixture
+) -> None:
+    limiter = make_limiter(requests_limit(1, 0.2))
+    with caplog.at_level(logging.DEBUG, logger="mistral_ratelimit"):
+        await aacquire(limiter, 0)
+        await aacquire(limiter, 0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "mistral_ratelimit"]
+    assert len([m for m in messages if m.startswith("waited ")]) == 1

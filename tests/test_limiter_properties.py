@@ -438,3 +438,67 @@ def test_finished_reservations_are_not_kept() -> None:
             limiter.cancel(res)
         clock.advance(1.0)
     assert len(limiter._ahead) <= 2
+
+
+# -- late wake-ups and anchors, judged at the times requests really go ----------------------
+
+
+@dataclass
+class WakeLate:
+    """Every caller whose turn has passed asks now, in an arbitrary order (a busy event loop
+    wakes sleepers late and in any order); each one told to go leaves now and is anchored."""
+
+    order: list[int]
+
+
+def late_ops() -> st.SearchStrategy[list[Op | WakeLate]]:
+    choices: list[st.SearchStrategy[Op | WakeLate]] = [
+        st.builds(Advance, st.one_of(st.floats(0, 0.5), st.floats(0, 5), st.floats(0, 90))),
+        st.builds(Reserve, st.floats(0, 1), st.integers(0, 2)),
+        st.builds(Reserve, st.sampled_from([0.0, 0.5, 1.0]), st.just(1)),
+        st.builds(Cancel, st.integers(0, 10_000)),
+        st.builds(Settle, st.integers(0, 10_000), st.floats(0, 1, allow_nan=False)),
+        st.builds(WakeLate, st.lists(st.integers(0, 10_000), max_size=20)),
+    ]
+    return st.lists(st.one_of(*choices), max_size=60)
+
+
+def wake_late(run: Run, op: WakeLate, went: dict[int, float]) -> None:
+    due = [e for e in run.live() if e.res.state is State.SCHEDULED and e.res.at <= run.clock()]
+    for i, pick in enumerate(op.order):  # a permutation drawn from the op's numbers
+        j = i + pick % (len(due) - i) if i < len(due) else i
+        if j < len(due):
+            due[i], due[j] = due[j], due[i]
+    for e in due:
+        if run.limiter.delay(e.res) == 0.0:
+            now = run.clock()
+            went[e.res.id] = now
+            run.limiter.anchor(e.res, now - e.res.due_at)  # it left now: count it from now
+
+
+@PROPERTY_SETTINGS
+@given(sc=scenarios(), steps=late_ops())
+def test_late_wake_ups_never_send_more_than_a_window_holds(
+    sc: Scenario, steps: list[Op | WakeLate]
+) -> None:
+    """At the times requests really left, no window of ``per_seconds`` holds more than its
+    amount, however late and in whatever order their callers woke."""
+    run = Run.start(sc)
+    went: dict[int, float] = {}
+    for op in steps:
+        note(repr(op))
+        if isinstance(op, WakeLate):
+            wake_late(run, op, went)
+        elif isinstance(op, Cancel):
+            entry = run.pick(op.pick)
+            if entry is not None and entry.res.id not in went:  # cancelled before it left
+                run.apply(op)
+        else:
+            run.apply(op)
+    for lim in sc.limits:
+        grants = [
+            (went[e.res.id], e.requests if lim.unit == "requests" else e.known_tokens)
+            for e in run.live()
+            if e.res.id in went
+        ]
+        assert approx_le(admitted_per_window(grants, lim.per_seconds), lim.amount), lim

@@ -12,6 +12,7 @@ import collections
 import enum
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -48,6 +49,9 @@ class Reservation:
     due_local: float = 0.0
     generation: int = 0  # backend bookkeeping: which state the booking was made against
     tag: str = ""  # backend-private handle (e.g. the Redis member id)
+    #: Set by a caller waiting for an in-flight slot (limiter/waiting.py); a backend that
+    #: knows when a slot frees calls it then, outside its lock. It must not block.
+    wake: Callable[[], None] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BudgetExhausted, RequestTooLarge
@@ -28,6 +29,8 @@ MAX_PAUSE_SECONDS = 3600.0
 #: Windows at least this long are "monthly caps": waiting on them fails fast instead.
 LONG_WINDOW_SECONDS = 86_400.0
 LONG_WAIT_SECONDS = 60.0
+#: How many bookings asked about long after their turn are remembered (see ``_late``).
+LATE_KEPT = 4096
 
 
 class SyncBackedAsyncMixin:
@@ -68,6 +71,10 @@ def clean_amount(value: float, name: str) -> float:
     return max(0.0, float(value))
 
 
+def _cancelled(res: Reservation) -> bool:
+    return res.state is State.CANCELLED
+
+
 class RateLimiter(SyncBackedAsyncMixin):
     """In-memory limiter enforcing every window of a :class:`RatelimitConfig` at once."""
 
@@ -79,7 +86,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         max_concurrency: int | None = None,
         window_margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        poll_interval: float = 0.005,
+        poll_interval: float = 1.0,
     ) -> None:
         cfg = config if config is not None else RatelimitConfig.from_env()
         pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
@@ -89,7 +96,11 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._explicit = [explicit for _, explicit in pairs]
         self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
         self._clock = clock
+        # What delay() answers a caller queued for an in-flight slot. acquire() sleeps until a
+        # release wakes it (Reservation.wake), so this only bounds a wake-up that never came,
+        # and paces callers that poll delay() themselves.
         self._poll = poll_interval
+        self._woken: list[Reservation] = []  # promoted under the lock, woken after it
         self._lock = threading.Lock()
         self._tail = -math.inf
         self._generation = 0  # bumped by every anchor that moved a request
@@ -97,6 +108,13 @@ class RateLimiter(SyncBackedAsyncMixin):
         # When the newest ones are cancelled the tail steps back to the newest live one:
         # a cancelled reservation gives back its place in time, not only its capacity.
         self._ahead: collections.deque[tuple[float, Reservation]] = collections.deque()
+        # Bookings whose caller had not asked a whole window after their turn: moved out of
+        # ``_ahead`` so that one abandoned booking cannot keep every later one alive there,
+        # yet kept (up to a bound) so that a caller that does come back, late, still moves
+        # with the group it was booked in when it no longer fits.
+        self._late: collections.deque[tuple[float, Reservation]] = collections.deque(
+            maxlen=LATE_KEPT
+        )
         self._horizon_for: list[WindowState] | None = None
         self._horizon = 0.0
         self._paused_until = -math.inf
@@ -191,10 +209,14 @@ class RateLimiter(SyncBackedAsyncMixin):
         """Drop bookings that went, finished or were cancelled, oldest first. One never
         collected (reserved, then abandoned) is dropped once its short windows have passed."""
         horizon = self._short_horizon
+        while self._late and not self._waiting(*self._late[0]):
+            self._late.popleft()
         while self._ahead:
             at, res = self._ahead[0]
-            if self._waiting(at, res) and at + horizon >= now:
-                return
+            if self._waiting(at, res):
+                if at + horizon >= now:
+                    return
+                self._late.append((at, res))
             self._ahead.popleft()
 
     def _retreat_tail(self) -> None:
@@ -234,11 +256,22 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._queue.insert(place, res)
         return res
 
+    @contextlib.contextmanager
+    def _locked_then_wake(self) -> Iterator[None]:
+        """Hold the lock; once it is released, wake the callers promoted meanwhile."""
+        with self._lock:
+            yield
+            woken, self._woken = self._woken, []
+        for res in woken:
+            if res.wake is not None:
+                res.wake()
+
     def _promote(self, now: float) -> None:
         while (
             self._queue and self._max_inflight is not None and self._inflight < self._max_inflight
         ):
             res = self._queue.popleft()
+            self._woken.append(res)
             try:
                 self._check_fits(res)
                 self._schedule_first(res, now)
@@ -265,17 +298,24 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._s["tokens_reserved"] -= res.tokens
             if (
                 res.state is State.SCHEDULED
-                and res.generation != self._generation
-                and not self._still_fits(res)
+                and (now - res.at > self._margin or res.generation != self._generation)
+                and not self._still_fits(res, now)
             ):
-                # Requests granted before it left late (see anchor): this booking and every
-                # one after it move back, in order.
-                self._rebook_waiting(now, lambda _at, other: other is res)
+                # Requests granted before it left late (see anchor), or it asks late itself:
+                # this booking and every one after it move back, in order.
+                self._rebook_waiting(now, lambda _at, other: other is res, stale=res)
+                if _cancelled(res):  # by a monthly cap it can no longer wait for
+                    raise BudgetExhausted("the budget is spent; this reservation was cancelled")
             res.generation = self._generation
             wait = res.at - now
             if wait > 0:
                 return wait
             if res.state is State.SCHEDULED:
+                if now - res.at > self._margin:
+                    # It goes now, not when it was due: count it from now, as anchor() does
+                    # once the request has left, so that callers that never anchor (plain
+                    # acquire()) are counted right too.
+                    self._move_later(res, now - self._margin)
                 res.state = State.GRANTED
                 waited = now - res.created_at
                 self._s["requests_admitted"] += 1
@@ -285,7 +325,7 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def cancel(self, res: Reservation) -> None:
         """Give back everything the reservation took. Safe to call more than once."""
-        with self._lock:
+        with self._locked_then_wake():
             self._cancel_locked(res)
 
     def _cancel_locked(self, res: Reservation) -> None:
@@ -334,7 +374,7 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def release(self, res: Reservation) -> None:
         """Free the in-flight slot (the response was closed)."""
-        with self._lock:
+        with self._locked_then_wake():
             self._release_locked(res)
 
     def _release_locked(self, res: Reservation) -> None:
@@ -351,7 +391,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         """Hold every caller back for ``seconds`` (clamped to [0, 1 h])."""
         s = seconds if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
         s = min(max(0.0, float(s)), MAX_PAUSE_SECONDS)
-        with self._lock:
+        with self._locked_then_wake():  # a re-booking that hits a monthly cap frees a slot
             now = self._clock()
             self._paused_until = max(self._paused_until, now + s)
             if rate_limited:
@@ -383,10 +423,13 @@ class RateLimiter(SyncBackedAsyncMixin):
         for w in self._windows:
             key = res.slots.get(w.ident)
             new_key = w.slot_of(new_at)
-            if key is None or key == new_key or not w.has_slot(key):
+            if key is None or key == new_key:
                 continue
             cost = self._cost(w, res)
-            w.add_to_slot(key, -cost)
+            # A slot already forgotten held a charge that had expired: it counts again from
+            # ``new_at``, when the request really went.
+            if w.has_slot(key):
+                w.add_to_slot(key, -cost)
             w.add_to_slot(new_key, cost)
             res.slots[w.ident] = new_key
             moved = True
@@ -395,15 +438,28 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._s["anchored"] += 1
             self._generation += 1
 
-    def _still_fits(self, res: Reservation) -> bool:
-        """Whether the window ending at ``res.at`` holds it, given what was granted since it
-        was booked. The window ending at a grant is the only one a later anchor can break:
-        any window over its amount is caught at the grant of its last request."""
+    def _still_fits(self, res: Reservation, now: float) -> bool:
+        """Whether the window ending when ``res`` goes, ``t = max(res.at, now)``, holds it.
+
+        Every request that can have gone by ``t`` sits in a slot no later than ``slot(t)``:
+        bookings are made at their slot, and an anchor moves a grant to when it left, which
+        is before ``t``. So the sum of the slots up to ``slot(t)`` still live at ``t``
+        bounds what the server sees in the window ending at ``t`` (bookings after ``res``
+        in those slots are counted too: they go no earlier than ``res``, so erring there
+        only re-books ``res`` in place). Its own charge counts even when its slot expired
+        before ``t`` (a caller late by more than a window). Anchors only move grants later,
+        so the window ending at a grant is the only one they can break: any window over its
+        amount is caught at the grant of its last request.
+        """
+        t = max(res.at, now)
         for w in self._windows:
             key = res.slots.get(w.ident)
             if key is None:
                 continue
-            used = sum(a for k, a in w.slots.items() if k <= key and w.expiry(k) > res.at)
+            last = w.slot_of(t)
+            used = sum(a for k, a in w.slots.items() if k <= last and w.expiry(k) > t)
+            if w.expiry(key) <= t:
+                used += self._cost(w, res)
             if used > w.limit.amount + 1e-9:
                 return False
         return True
@@ -413,25 +469,36 @@ class RateLimiter(SyncBackedAsyncMixin):
         now: float,
         starts_at: Callable[[float, Reservation], bool],
         first: Reservation | None = None,
+        stale: Reservation | None = None,
     ) -> None:
         """Re-book waiting reservations now, in their order, from the first one for which
         ``starts_at(at, res)`` holds; ``first`` (a new higher-priority reservation) is booked
-        before those of lower priority among them.
+        before those of lower priority among them. ``stale`` is a waiting reservation that
+        may have been forgotten (see ``_late``): it moves with every waiting one that
+        arrived after it.
 
         Re-booking each one lazily when its caller wakes would put it behind everyone who
         arrived meanwhile: arrival order lost, and under repeated 429s a waiter could be
         pushed back again and again.
         """
         moving: list[Reservation] = []
-        for at, res in self._ahead:
+        for at, res in itertools.chain(self._late, self._ahead):
             if self._waiting(at, res) and (moving or starts_at(at, res)):
                 moving.append(res)
+        if stale is not None and not moving:
+            # Forgotten altogether (more than LATE_KEPT late callers): it moves with those
+            # that arrived after it.
+            later = (r for at, r in self._ahead if self._waiting(at, r) and r.id > stale.id)
+            moving = [stale, *later]
         if moving:
             for res in moving:
                 self._unbook(res)
                 self._s["tokens_reserved"] -= res.tokens
             moved = {id(res) for res in moving}
             self._ahead = collections.deque(e for e in self._ahead if id(e[1]) not in moved)
+            self._late = collections.deque(
+                (e for e in self._late if id(e[1]) not in moved), maxlen=LATE_KEPT
+            )
             self._retreat_tail()
         if first is not None:
             ahead = [r for r in moving if r.priority >= first.priority]

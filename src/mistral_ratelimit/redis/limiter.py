@@ -370,6 +370,8 @@ class RedisRateLimiter:
     def _serve_locally(self, res: Reservation, b: _Booking) -> Reservation:
         fb = self._fallback_limiter()
         inner = fb.reserve(res.tokens, res.requests)
+        # The caller waits on ``res``: a slot freed in the fallback wakes it (waiting.py).
+        inner.wake = lambda: res.wake() if res.wake is not None else None
         with self._lock:
             b.local = inner
             b.hint = None
