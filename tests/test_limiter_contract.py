@@ -825,3 +825,43 @@ async def test_aacquire_logs_the_wait_at_debug(
         await aacquire(limiter, 0)
     messages = [r.getMessage() for r in caplog.records if r.name == "mistral_ratelimit"]
     assert len([m for m in messages if m.startswith("waited ")]) == 1
+
+
+def test_bookings_made_before_discovery_move_with_a_late_departure(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Waiters booked against the tier defaults, then the first response tells the real
+    limits: one of them leaving late must still push those behind it back, or the server
+    sees two requests in one of its seconds (the soak's one 429 at the server)."""
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x"), clock=clock, window_margin=0.025)
+    first = limiter.reserve(1)
+    assert limiter.delay(first) == 0
+    second, third = limiter.reserve(1), limiter.reserve(1)
+    limiter.adopt([ObservedLimit("requests", 60.0, 60, 59)])  # 60 a minute, so 1 a second
+    clock.advance(limiter.delay(second))
+    assert limiter.delay(second) == 0
+    left = clock() + 0.3  # its request left 300 ms after it was told to go
+    limiter.anchor(second, 0.3)
+    clock.advance(limiter.delay(third))
+    while (wait := limiter.delay(third)) > 0:
+        clock.advance(wait)
+    assert clock() >= left + 1.0  # a whole second after the second really went
+    # Nothing was lost or counted twice: three requests, in the windows that replaced them.
+    limiter.cancel(third)
+    assert limiter.stats().requests_admitted == 3
+
+
+def test_a_booking_made_before_discovery_gives_everything_back(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x"), clock=clock, window_margin=0.0)
+    first = limiter.reserve(10)
+    assert limiter.delay(first) == 0
+    waiting = limiter.reserve(10)
+    due = limiter.delay(waiting)
+    assert due > 0
+    limiter.adopt([ObservedLimit("requests", 60.0, 60, 59)])
+    limiter.cancel(waiting)
+    # Its place and its charge in the discovered windows are free again.
+    again = limiter.reserve(10)
+    assert limiter.delay(again) == pytest.approx(due, abs=0.02)

@@ -115,6 +115,8 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._late: collections.deque[tuple[float, Reservation]] = collections.deque(
             maxlen=LATE_KEPT
         )
+        # Windows replaced by discovery: old ident -> [(new window, old slot width)].
+        self._successors: dict[int, list[tuple[WindowState, float]]] = {}
         self._horizon_for: list[WindowState] | None = None
         self._horizon = 0.0
         self._paused_until = -math.inf
@@ -177,13 +179,26 @@ class RateLimiter(SyncBackedAsyncMixin):
         self._ahead.append((at, res))
         self._s["tokens_reserved"] += res.tokens
 
-    def _window(self, ident: int) -> WindowState | None:
-        return next((w for w in self._windows if w.ident == ident), None)
+    def _slot(self, w: WindowState, res: Reservation) -> int | None:
+        """The slot of ``w`` that holds ``res``'s charge, or None.
+
+        A reservation booked before discovery replaced its windows names the old ones; its
+        charge was carried into each new window at the end of its old slot (``_discover``),
+        so that is where it is found, moved (anchor), corrected (settle) or given back.
+        """
+        key = res.slots.get(w.ident)
+        if key is None and self._successors:
+            for ident, old_key in list(res.slots.items()):
+                for successor, width in self._successors.get(ident, ()):
+                    if successor is w:
+                        key = res.slots[w.ident] = w.slot_of((old_key + 1) * width)
+                        return key
+        return key
 
     def _unbook(self, res: Reservation) -> None:
-        for ident, key in res.slots.items():
-            w = self._window(ident)
-            if w is not None and w.has_slot(key):
+        for w in self._windows:
+            key = self._slot(w, res)
+            if key is not None and w.has_slot(key):
                 w.add_to_slot(key, -self._cost(w, res))
         res.slots = {}
 
@@ -360,7 +375,7 @@ class RateLimiter(SyncBackedAsyncMixin):
             for w in self._windows:
                 if w.limit.unit != "tokens":
                     continue
-                key = res.slots.get(w.ident)
+                key = self._slot(w, res)
                 if key is not None and w.has_slot(key):
                     w.add_to_slot(key, diff)
                 elif diff > 0:
@@ -421,9 +436,9 @@ class RateLimiter(SyncBackedAsyncMixin):
             return
         moved = False
         for w in self._windows:
-            key = res.slots.get(w.ident)
+            key = self._slot(w, res)
             new_key = w.slot_of(new_at)
-            if key is None or key == new_key:
+            if key is None or new_key <= key:  # already counted at least that late
                 continue
             cost = self._cost(w, res)
             # A slot already forgotten held a charge that had expired: it counts again from
@@ -447,18 +462,19 @@ class RateLimiter(SyncBackedAsyncMixin):
         bounds what the server sees in the window ending at ``t`` (bookings after ``res``
         in those slots are counted too: they go no earlier than ``res``, so erring there
         only re-books ``res`` in place). Its own charge counts even when its slot expired
-        before ``t`` (a caller late by more than a window). Anchors only move grants later,
+        before ``t`` (a caller late by more than a window), or lies after ``slot(t)`` (it
+        was carried into a window discovered after it was booked). Anchors only move grants later,
         so the window ending at a grant is the only one they can break: any window over its
         amount is caught at the grant of its last request.
         """
         t = max(res.at, now)
         for w in self._windows:
-            key = res.slots.get(w.ident)
+            key = self._slot(w, res)
             if key is None:
                 continue
             last = w.slot_of(t)
             used = sum(a for k, a in w.slots.items() if k <= last and w.expiry(k) > t)
-            if w.expiry(key) <= t:
+            if key > last or w.expiry(key) <= t:  # its own charge, outside that sum
                 used += self._cost(w, res)
             if used > w.limit.amount + 1e-9:
                 return False
@@ -579,6 +595,7 @@ class RateLimiter(SyncBackedAsyncMixin):
                         for key, amount in old.slots.items():
                             if amount > 0:
                                 w.add((key + 1) * old.width, amount)
+                        self._successors.setdefault(old.ident, []).append((w, old.width))
                     self._windows.append(w)
                     self._explicit.append(True)
             self._horizon_for = None
