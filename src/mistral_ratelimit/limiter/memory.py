@@ -17,7 +17,7 @@ import itertools
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BudgetExhausted, RequestTooLarge
@@ -66,6 +66,8 @@ class SyncBackedAsyncMixin:
 
 
 def clean_amount(value: float, name: str) -> float:
+    if type(value) is float and 0.0 <= value < math.inf:  # the usual case, on every request
+        return value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return max(0.0, float(value))
@@ -271,11 +273,9 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._queue.insert(place, res)
         return res
 
-    @contextlib.contextmanager
-    def _locked_then_wake(self) -> Iterator[None]:
-        """Hold the lock; once it is released, wake the callers promoted meanwhile."""
+    def _wake_promoted(self) -> None:
+        """Wake the callers promoted while the lock was held; call it after releasing it."""
         with self._lock:
-            yield
             woken, self._woken = self._woken, []
         for res in woken:
             if res.wake is not None:
@@ -298,50 +298,59 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def delay(self, res: Reservation) -> float:
         """Seconds the caller must still wait; ``0`` means go now."""
-        with self._lock:
-            now = self._clock()
-            if res.state is State.QUEUED:
-                return self._poll
-            if res.state is State.CANCELLED:
-                raise BudgetExhausted("this reservation was cancelled; take a new one")
-            if res.state is State.SCHEDULED and self._paused_until > res.at:
-                # A 429 arrived after this booking: move it behind the pause, or it would
-                # be counted at a time when the server's window was already full.
-                self._unbook(res)
-                self._retreat_tail()
-                self._schedule(res, now)
-                self._s["tokens_reserved"] -= res.tokens
-            if (
-                res.state is State.SCHEDULED
-                and (now - res.at > self._margin or res.generation != self._generation)
-                and not self._still_fits(res, now)
-            ):
-                # Requests granted before it left late (see anchor), or it asks late itself:
-                # this booking and every one after it move back, in order.
-                self._rebook_waiting(now, lambda _at, other: other is res, stale=res)
-                if _cancelled(res):  # by a monthly cap it can no longer wait for
-                    raise BudgetExhausted("the budget is spent; this reservation was cancelled")
-            res.generation = self._generation
-            wait = res.at - now
-            if wait > 0:
-                return wait
-            if res.state is State.SCHEDULED:
-                if now - res.at > self._margin:
-                    # It goes now, not when it was due: count it from now, as anchor() does
-                    # once the request has left, so that callers that never anchor (plain
-                    # acquire()) are counted right too.
-                    self._move_later(res, now - self._margin)
-                res.state = State.GRANTED
-                waited = now - res.created_at
-                self._s["requests_admitted"] += 1
-                self._s["wait_seconds_total"] += waited
-                self._s["wait_seconds_max"] = max(self._s["wait_seconds_max"], waited)
-            return 0.0
+        try:
+            with self._lock:
+                return self._delay_locked(res)
+        finally:
+            if self._woken:  # a re-booking that hit a monthly cap freed an in-flight slot
+                self._wake_promoted()
+
+    def _delay_locked(self, res: Reservation) -> float:
+        now = self._clock()
+        if res.state is State.QUEUED:
+            return self._poll
+        if res.state is State.CANCELLED:
+            raise BudgetExhausted("this reservation was cancelled; take a new one")
+        if res.state is State.SCHEDULED and self._paused_until > res.at:
+            # A 429 arrived after this booking: move it behind the pause, or it would
+            # be counted at a time when the server's window was already full.
+            self._unbook(res)
+            self._retreat_tail()
+            self._schedule(res, now)
+            self._s["tokens_reserved"] -= res.tokens
+        if (
+            res.state is State.SCHEDULED
+            and (now - res.at > self._margin or res.generation != self._generation)
+            and not self._still_fits(res, now)
+        ):
+            # Requests granted before it left late (see anchor), or it asks late itself:
+            # this booking and every one after it move back, in order.
+            self._rebook_waiting(now, lambda _at, other: other is res, stale=res)
+            if _cancelled(res):  # by a monthly cap it can no longer wait for
+                raise BudgetExhausted("the budget is spent; this reservation was cancelled")
+        res.generation = self._generation
+        wait = res.at - now
+        if wait > 0:
+            return wait
+        if res.state is State.SCHEDULED:
+            if now - res.at > self._margin:
+                # It goes now, not when it was due: count it from now, as anchor() does
+                # once the request has left, so that callers that never anchor (plain
+                # acquire()) are counted right too.
+                self._move_later(res, now - self._margin)
+            res.state = State.GRANTED
+            waited = now - res.created_at
+            self._s["requests_admitted"] += 1
+            self._s["wait_seconds_total"] += waited
+            self._s["wait_seconds_max"] = max(self._s["wait_seconds_max"], waited)
+        return 0.0
 
     def cancel(self, res: Reservation) -> None:
         """Give back everything the reservation took. Safe to call more than once."""
-        with self._locked_then_wake():
+        with self._lock:
             self._cancel_locked(res)
+        if self._woken:
+            self._wake_promoted()
 
     def _cancel_locked(self, res: Reservation) -> None:
         if res.state is State.CANCELLED:
@@ -389,8 +398,10 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def release(self, res: Reservation) -> None:
         """Free the in-flight slot (the response was closed)."""
-        with self._locked_then_wake():
+        with self._lock:
             self._release_locked(res)
+        if self._woken:
+            self._wake_promoted()
 
     def _release_locked(self, res: Reservation) -> None:
         if res.released:
@@ -406,12 +417,14 @@ class RateLimiter(SyncBackedAsyncMixin):
         """Hold every caller back for ``seconds`` (clamped to [0, 1 h])."""
         s = seconds if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
         s = min(max(0.0, float(s)), MAX_PAUSE_SECONDS)
-        with self._locked_then_wake():  # a re-booking that hits a monthly cap frees a slot
+        with self._lock:
             now = self._clock()
             self._paused_until = max(self._paused_until, now + s)
             if rate_limited:
                 self._s["rate_limited_seen"] += 1
             self._rebook_waiting(now, lambda at, _res: at < self._paused_until)
+        if self._woken:  # a re-booking that hit a monthly cap freed an in-flight slot
+            self._wake_promoted()
 
     def anchor(self, res: Reservation, lag: float) -> None:
         """The request left ``lag`` seconds after it was due to go: count it from then.
