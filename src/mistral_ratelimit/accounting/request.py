@@ -72,74 +72,159 @@ _SIMPLE = {
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Endpoints whose text-only bodies the cheap estimate bounds without parsing them.
 _SCANNABLE = frozenset(
+    {"conversations.start", "conversations.append", "conversations.restart", "chat", "fim"}
+)
+#: Strings (keys or values) whose cost is not in the body's bytes. Bodies holding any of them
+#: take the parsing path.
+_NOT_IN_BYTES = frozenset(
     {
-        "conversations.start",
-        "conversations.append",
-        "conversations.restart",
-        "chat",
-        "agents.completions",
-        "fim",
+        # A URL or a reference stands for a whole image, document or clip, costed by policy
+        # or by the image's size (bodies.py).
+        b"image_url",
+        b"image",
+        b"document_url",
+        b"document",
+        b"file",
+        b"file_id",
+        b"tool_file",
+        b"input_audio",
+        b"audio_url",
+        b"audio",
+        # An agent's instructions and tools live on the server; n multiplies the output.
+        b"agent_id",
+        b"n",
+        # Re-serialised by the chat template with ", " and ": " separators and Python's
+        # spelling of floats (1e15 becomes 1000000000000000.0), so compact JSON grows:
+        # tools, tool calls and their arguments, tool results, schemas, predictions.
+        b"tools",
+        b"tool_calls",
+        b"arguments",
+        b"result",
+        b"tool",
+        b"function.call",
+        b"function.result",
+        b"tool.execution",
+        b"json_schema",
+        b"prediction",
     }
 )
-#: Parts whose cost is not in their bytes (a URL stands for a whole image or document;
-#: built-in tools and agents are defined on the server), or that multiply the output
-#: (``n``): bodies holding any of them take the parsing path. Plain substring tests, as
-#: ``bytes.__contains__`` is an order of magnitude faster than a regular expression here.
-_NOT_IN_BYTES = (
-    b"image",  # image_url, image, image_generation
-    b"document",  # document_url, document, document_library
-    b'_url"',  # file_url, audio_url, ...
-    b"audio",
-    b"file_id",
-    b'"n"',
-    b"agent_id",
-    b"web_search",
-    b"code_interpreter",
-    b"connector",
-)
-_WHITESPACE = b" \t\r\n"
+#: Keys whose value is rendered as JSON when it is not a string (bodies._text_of).
+_TEXT_KEYS = frozenset({b"text", b"thinking", b"prompt"})
+#: Keys the cheap estimate reads.
+_READ_KEYS = frozenset({b"max_tokens", b"stream", b"model", b"completion_args"})
+_WATCHED = _NOT_IN_BYTES | _TEXT_KEYS | _READ_KEYS
+#: A string this long is prose to the scan, which keeps only its last byte (an escaping
+#: backslash must stay visible). Every key and marker it looks for is shorter.
+_PROSE_BYTES = 100
 #: BOS and the few control tokens a chat template adds beyond a body's own JSON syntax.
 SCAN_OVERHEAD_TOKENS = 16
+#: An escaped backslash or quote; read left to right, this is exactly JSON's escaping.
+_QUOTE_ESCAPE = re.compile(rb'\\[\\"]')
+_NON_STRING_TEXT = re.compile(rb'"(?:text|thinking|prompt)"[ \t\r\n]*:[ \t\r\n]*[^" \t\r\n]')
 
 
-def _values_of(body: bytes, key: bytes) -> list[bytes]:
-    """The raw text after each unescaped ``"key":`` in ``body`` (up to 220 bytes)."""
-    out = []
-    start = body.find(key)
-    while start >= 0:
-        after = start + len(key)
-        if body[start - 1 : start] != b"\\":  # an escaped quote sits inside a string
-            rest = body[after : after + 240].lstrip(_WHITESPACE)
-            if rest[:1] == b":":
-                out.append(rest[1:].lstrip(_WHITESPACE)[:220])
-        start = body.find(key, after)
-    return out
+def _object_pattern() -> re.Pattern[bytes]:
+    """The top-level object of a skeleton (see ``_scan``), capturing the members the cheap
+    estimate reads: the last of each, as ``json.loads`` keeps the last duplicate key.
+
+    Captures sit in atomic groups, not possessive repeats: Python 3.11 loses a capture made
+    inside a possessive repeat.
+    """
+    ws = rb"[ \t\r\n]*+"
+    string = rb'"[^"]*+"'  # a skeleton holds no escaped quote
+    scalar = rb'[^"{}\[\],: \t\r\n]++'
+    nested = rb'(?:[^"{}\[\]]++|' + string + rb")*+"
+    for _ in range(16):  # deeper bodies do not match, and take the parsing path
+        nested = rb'(?:[^"{}\[\]]++|' + string + rb"|[{\[]" + nested + rb"[}\]])*+"
+    value = rb"(?:" + string + rb"|[{\[]" + nested + rb"[}\]]|" + scalar + rb")"
+
+    def members(captures: list[tuple[bytes, str, bytes]]) -> bytes:
+        """An object, capturing as ``group`` the ``pattern`` value of each ``key``."""
+        named = b"|".join(
+            b'"%s"%s:%s(?P<%s>%s)' % (key, ws, ws, group.encode(), pattern)
+            for key, group, pattern in captures
+        )
+        other = string + ws + b":" + ws + value
+        return rb"\{%s(?>(?:(?:%s|%s)%s(?:,|(?=\}))%s)*)\}" % (ws, named, other, ws, ws)
+
+    args = members([(b"max_tokens", "args_max", value)]) + b"|" + value
+    top = members(
+        [
+            (b"model", "model", value),
+            (b"stream", "stream", value),
+            (b"max_tokens", "max_tokens", value),
+            (b"completion_args", "args", args),
+        ]
+    )
+    return re.compile(top + ws)
 
 
-def _scan(body: bytes) -> tuple[int | None, bool, str | None] | None:
+_OBJECT = _object_pattern()
+
+
+def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
+    """The strings of ``body`` (prose cut to its last byte), and the body rebuilt with them."""
+    pieces = body.split(b'"')
+    strings = [s if len(s) < _PROSE_BYTES else s[-1:] for s in pieces[1::2]]
+    pieces[1::2] = strings
+    return strings, b'"'.join(pieces)
+
+
+def _scan(body: bytes, conversation: bool) -> tuple[int | None, bool, str | None] | None:
     """The cheap estimate's reading of a body, without parsing it: ``(max_tokens, stream,
-    model)``, or None when the body's bytes do not bound its cost.
+    model)``, or None when the body's bytes may not bound its cost.
 
     A Tekken token is at least one byte of UTF-8, JSON escaping only lengthens text, and
-    every message, tool call or result spends more bytes on JSON syntax than the template
-    spends control tokens on it, so the body's length (plus BOS) bounds its prompt.
-    tests/test_estimate_scan.py checks the bound over the whole corpus.
+    every message spends more bytes on JSON syntax than the template spends control tokens
+    on it, so the body's length (plus BOS) bounds its prompt, as long as the template
+    renders no JSON of its own: bodies with tools, tool calls or results, schemas,
+    predictions, or a text field that is not a string, are declined.
+    ``conversation``: the output cap is ``completion_args.max_tokens``, not ``max_tokens``.
+
+    The body is read as a skeleton: split at its quotes, every string of prose cut to its
+    last byte, so the searches run over a couple of hundred bytes whatever the body's size.
+    tests/test_estimate_scan.py checks the bound over the corpus and generated bodies.
     """
-    if any(marker in body for marker in _NOT_IN_BYTES):
+    if body[:1] != b"{" or body[1:2] == b"\x00":
+        return None  # not an object, or UTF-16/32, which json.loads would decode
+    strings, skeleton = _skeleton(body)
+    if b"\\" in skeleton:
+        # An escape outside prose, or prose ending in a backslash: a quote may be escaped,
+        # which would shift which pieces are strings. Mask escaped quotes and backslashes.
+        strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
+        if b"\\u" in skeleton:
+            return None  # a key spelt with escapes ("\u0074ools") would not be recognised
+    found = _WATCHED.intersection(strings)
+    if not found <= _READ_KEYS:
+        if not found.isdisjoint(_NOT_IN_BYTES):
+            return None
+        if _NON_STRING_TEXT.search(skeleton):
+            return None
+    if found.isdisjoint(_READ_KEYS):
+        return None, False, None
+    members = _OBJECT.fullmatch(skeleton)
+    if members is None:
         return None
-    caps = []
-    for raw in _values_of(body, b'"max_tokens"'):
-        digits = raw[: len(raw) - len(raw.lstrip(b"0123456789"))]
-        if 0 < len(digits) <= 12:
-            caps.append(int(digits))
-    streams = any(raw.startswith(b"true") for raw in _values_of(body, b'"stream"'))
-    model = None
-    for raw in _values_of(body, b'"model"'):
-        end = raw.find(b'"', 1)
-        if raw[:1] == b'"' and end > 1 and b"\\" not in raw[:end]:
-            model = raw[1:end].decode("utf-8", "replace")
-            break
-    return (max(caps) if caps else None, streams, model)
+    model, stream, cap, args_cap = members.group("model", "stream", "max_tokens", "args_max")
+    if conversation:
+        # The cap of the last completion_args, which replaces any earlier one.
+        late = args_cap is not None and members.start("args_max") > members.start("args")
+        cap = args_cap if late else None
+    if cap is not None and not (
+        cap.isdigit() and len(cap) <= 18 and (cap[:1] != b"0" or cap == b"0")
+    ):
+        if cap[:1] in b"-0123456789":
+            return None  # -0, 64.0, 064 or 19 digits: let the parser judge the number
+        cap = None  # true, null, "64", ...: no cap, as for the parser
+    if model is not None and model[:1] != b'"':
+        model = None
+    elif model is not None and (len(model) < 4 or b"\\" in model or b"\x00" in model):
+        return None  # maybe the stub of a long string, or escaped text: let the parser read it
+    try:
+        name = None if model is None else model[1:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return (None if cap is None else int(cap)), stream == b"true", name
 
 
 _GENERATION = frozenset(
@@ -335,7 +420,7 @@ class Estimator:
                 False,
             )
         if not exact and endpoint in _SCANNABLE:
-            scanned = _scan(body)
+            scanned = _scan(body, endpoint.startswith("conversations."))
             if scanned is not None:
                 max_tokens, streams, model = scanned
                 return Estimate(
@@ -351,7 +436,8 @@ class Estimator:
             data = json.loads(body)
         except (ValueError, RecursionError):
             # Not JSON (a multipart upload, or garbage the server will refuse).
-            prompt = fallback_count(body.decode("utf-8", "replace")) if generation else 0
+            # Its byte length: decoding would turn each invalid byte into a 3-byte U+FFFD.
+            prompt = len(body) if generation else 0
             return Estimate(
                 prompt + history,
                 default_completion if generation else 0,
