@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from mistral_ratelimit.accounting import tokenizer
@@ -76,8 +77,19 @@ def test_stream_from_body_or_accept_header() -> None:
     plain = body({"inputs": "hi", "stream": False})
     assert not e.estimate("POST", "/v1/conversations", plain).stream
     assert e.estimate("POST", "/v1/conversations", body({"inputs": "hi", "stream": True})).stream
-    assert e.estimate("POST", "/v1/conversations", plain, {"ACCEPT": "Text/Event-Stream"}).stream
-    assert e.estimate("POST", "/v1/chat/completions", b"{}", {"accept": "text/event-stream"}).stream
+    sse = "text/event-stream"
+    for exact in (True, False):
+        for headers in (
+            {"ACCEPT": "Text/Event-Stream"},
+            {"accept": sse},
+            {"User-Agent": "x", "Accept": sse},
+            httpx.Headers({"Accept": sse}),
+            httpx.Headers([("accept", "application/json"), ("accept", sse)]),
+        ):
+            assert e.estimate("POST", "/v1/conversations", plain, headers, exact=exact).stream
+            assert e.estimate("POST", "/v1/chat/completions", b"{}", headers, exact=exact).stream
+        for headers in ({"Accept": "application/json"}, httpx.Headers({"user-agent": sse}), {}):
+            assert not e.estimate("POST", "/v1/conversations", plain, headers, exact=exact).stream
 
 
 def test_completion_reserve() -> None:

@@ -29,6 +29,7 @@ is billed for the stored conversation, so its prompt includes the tracked histor
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -239,6 +240,7 @@ _GENERATION = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # every request is routed, most to a handful of paths
 def route(method: str, path: str) -> tuple[str, str | None]:
     """``(endpoint, conversation_id)`` for a method and URL path."""
     if str(method).upper() not in _WRITE_METHODS:
@@ -264,12 +266,14 @@ def _accepts_sse(headers: Mapping[str, str] | None) -> bool:
     if not headers:
         return False
     try:
-        for key, value in headers.items():
-            if str(key).lower() == "accept" and "text/event-stream" in str(value).lower():
-                return True
+        # One lookup for httpx's case-insensitive Headers and the lowercased dicts the
+        # transports build; other mappings may spell it "Accept", so look through them.
+        value = headers.get("accept")
+        if value is None:
+            value = next((v for k, v in headers.items() if str(k).lower() == "accept"), None)
+        return value is not None and "text/event-stream" in str(value).lower()
     except Exception:
         return False
-    return False
 
 
 class _BudgetCount:
