@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from mistral_ratelimit.accounting import request
 from mistral_ratelimit.accounting.request import Estimator, _scan
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -457,3 +458,16 @@ def test_cheap_is_an_upper_bound_of_the_exact_count(
         exact.stream,
         exact.model,
     )
+
+
+def test_readings_are_kept_per_shape_and_bounded() -> None:
+    def body(prose: str, cap: int) -> bytes:
+        return json.dumps({"inputs": prose, "completion_args": {"max_tokens": cap}}).encode()
+
+    first = body("a" * 500, 64)
+    assert _scan(first, True) == (64, False, None)
+    assert _scan(body("b" * 900, 64), True) == (64, False, None)  # same shape, other prose
+    assert _scan(body("b" * 900, 65), True) == (65, False, None)  # a shape of its own
+    for cap in range(2 * request._MAX_READINGS):
+        assert _scan(body("c" * 200, cap), True) == (cap, False, None)
+    assert len(request._READINGS) <= request._MAX_READINGS

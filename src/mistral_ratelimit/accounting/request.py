@@ -171,7 +171,17 @@ def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
     return strings, b'"'.join(pieces)
 
 
-def _scan(body: bytes, conversation: bool) -> tuple[int | None, bool, str | None] | None:
+Reading = tuple[int | None, bool, str | None]
+#: Readings of recent skeletons. One program's requests come in a few shapes (the same
+#: keys, model, cap and short values around different prose), and a skeleton without
+#: escapes determines its reading, so each shape is read once.
+_READINGS: dict[tuple[bytes, bool], Reading | None] = {}
+_MAX_READINGS = 256
+#: Skeletons longer than this (bodies of many short strings) are read but not kept.
+_MAX_KEPT_SKELETON = 4096
+
+
+def _scan(body: bytes, conversation: bool) -> Reading | None:
     """The cheap estimate's reading of a body, without parsing it: ``(max_tokens, stream,
     model)``, or None when the body's bytes may not bound its cost.
 
@@ -195,6 +205,21 @@ def _scan(body: bytes, conversation: bool) -> tuple[int | None, bool, str | None
         strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
         if b"\\u" in skeleton:
             return None  # a key spelt with escapes ("\u0074ools") would not be recognised
+        return _read(strings, skeleton, conversation)
+    if len(skeleton) > _MAX_KEPT_SKELETON:
+        return _read(strings, skeleton, conversation)
+    key = (skeleton, conversation)
+    try:
+        return _READINGS[key]
+    except KeyError:
+        reading = _READINGS[key] = _read(strings, skeleton, conversation)
+        if len(_READINGS) > _MAX_READINGS:
+            _READINGS.clear()
+        return reading
+
+
+def _read(strings: list[bytes], skeleton: bytes, conversation: bool) -> Reading | None:
+    """``_scan``'s reading of a skeleton and its strings."""
     found = _WATCHED.intersection(strings)
     if not found <= _READ_KEYS:
         if not found.isdisjoint(_NOT_IN_BYTES):
