@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import struct
@@ -362,6 +363,16 @@ def test_error_stats() -> None:
     after = e.error_stats()
     assert after["count"] == 4 and after["mean"] == stats["mean"]
     assert after["cheap_count"] == 1 and after["cheap_mean"] > 1
+
+
+def test_forced_cost_does_not_feed_error_figures() -> None:
+    # As the lifecycle builds one for a cost in the request's extensions.
+    e = Estimator()
+    base = e.estimate("POST", "/v1/conversations", None, exact=False)
+    forced = dataclasses.replace(base, prompt_tokens=777, completion_tokens=0, exact=True)
+    e.observe(forced, Usage(10, 1, 0), None)
+    stats = e.error_stats()
+    assert stats["count"] == 0 and stats["cheap_count"] == 0
 
 
 def test_observe_never_raises() -> None:

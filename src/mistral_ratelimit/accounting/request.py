@@ -594,8 +594,11 @@ class Estimator:
             self.history.record(str(conversation_id), size, estimate.model)
         if not has_usage or usage is None:
             return
-        # Estimates rebuilt by the caller (e.g. an explicit cost) are judged by their own flag.
-        counted = pending.counted if pending is not None else bool(estimate.exact)
+        if pending is None and estimate.exact:
+            # Not counted here (a cost forced through the request's extensions, or one
+            # rebuilt by the caller): nothing of the estimator's own error to report.
+            return
+        counted = pending is not None and pending.counted
         self.correction.record_error(estimate.prompt_tokens, usage.prompt_tokens, exact=counted)
         if pending is not None and pending.learn:
             self.correction.observe(
