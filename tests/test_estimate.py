@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mistral_ratelimit.accounting import tokenizer
+from mistral_ratelimit.accounting import request, tokenizer
 from mistral_ratelimit.accounting.correction import MAX_FACTOR, MIN_OBSERVATIONS
 from mistral_ratelimit.accounting.images import MAX_IMAGE_TOKENS, grid_tokens, image_url_tokens
 from mistral_ratelimit.accounting.request import EXACT_TEXT_BUDGET, Estimator, route
@@ -271,6 +271,27 @@ def test_fifty_megabyte_body_is_estimated() -> None:
     assert est.prompt_tokens >= 50 * 1024 * 1024 and not est.exact
     garbage = b"\xff" * (50 * 1024 * 1024)
     assert e.estimate("POST", "/v1/conversations", garbage).prompt_tokens > 0
+
+
+def test_bodies_too_big_to_walk_are_bounded_from_their_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    turns = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]
+    text_only = body({"model": "mistral-x", "max_tokens": 77, "messages": turns * 150_000})
+    images = [{"image_url": 0}] * (request.MAX_WALKED_VALUES + 1)
+    with_images = body({"messages": [{"role": "user", "content": images}]})
+    many_strings = body({"x": ["ab"] * 2_000_000})
+    # Not parsed at all: reading 300 000 messages took seconds.
+    monkeypatch.setattr(request.json, "loads", lambda *_: pytest.fail("parsed"))
+    e = Estimator()
+    for exact in (True, False):
+        est = e.estimate("POST", "/v1/chat/completions", text_only, exact=exact)
+        assert est.prompt_tokens >= len(text_only) and est.completion_tokens == 77
+        est = e.estimate("POST", "/v1/chat/completions", with_images, exact=exact)
+        assert est.prompt_tokens >= len(images) * MAX_IMAGE_TOKENS
+        est = e.estimate("POST", "/v1/unknown", many_strings, exact=exact)
+        assert est.prompt_tokens >= 2_000_000 and not est.exact  # was cut at 1 000 000 strings
+    assert e.failures == 0
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from . import bodies
 from .correction import ModelCorrection
 from .history import ConversationHistory
+from .images import MAX_IMAGE_TOKENS
 from .template import Count
 from .tokenizer import count_tokens, fallback_count, tokenizer_info
 from .types import Estimate, Usage
@@ -56,6 +57,14 @@ logger = logging.getLogger(__name__)
 EXACT_TEXT_BUDGET = 2_000_000
 #: Bodies larger than this are not parsed at all: their byte length is the estimate.
 MAX_PARSE_BYTES = 64 * 1024 * 1024
+#: JSON values (counted by their commas) beyond which a body is not parsed and walked:
+#: reading a million messages takes seconds. Such a body is bounded from its bytes (about
+#: 50 000 messages, already more than any context window holds, walk in ~0.1 s).
+MAX_WALKED_VALUES = 100_000
+#: The most one byte of a body can cost: an unreadable image chunk, ``{"image_url":0},``,
+#: costs MAX_IMAGE_TOKENS in 16 bytes. The bound of a body too big to walk that is not
+#: text only.
+MAX_TOKENS_PER_BYTE = -(-MAX_IMAGE_TOKENS // 16)
 #: Estimates awaiting their response (for the correction), bounded.
 MAX_PENDING = 4096
 
@@ -121,7 +130,16 @@ _PROSE_BYTES = 100
 SCAN_OVERHEAD_TOKENS = 16
 #: An escaped backslash or quote; read left to right, this is exactly JSON's escaping.
 _QUOTE_ESCAPE = re.compile(rb'\\[\\"]')
+#: An ASCII character spelt as an escape: it could spell a key or a marker ("\u0074ools").
+_ASCII_ESCAPE = re.compile(rb"\\u00[2-7]")
 _NON_STRING_TEXT = re.compile(rb'"(?:text|thinking|prompt)"[ \t\r\n]*:[ \t\r\n]*[^" \t\r\n]')
+_QUOTED_MARKER = re.compile(
+    b'"(?:%s)"' % b"|".join(re.escape(m) for m in sorted(_NOT_IN_BYTES, key=len, reverse=True))
+)
+#: A body of more strings than this is read in one piece, with C-speed searches: splitting
+#: it into its strings would cost more. Below this size its quotes are not counted.
+_MAX_SKELETON_STRINGS = 20_000
+_SKELETON_BYTES = 256 * 1024
 
 
 def _object_pattern() -> re.Pattern[bytes]:
@@ -198,13 +216,16 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
     """
     if body[:1] != b"{" or body[1:2] == b"\x00":
         return None  # not an object, or UTF-16/32, which json.loads would decode
+    if len(body) > _SKELETON_BYTES and body.count(b'"') > 2 * _MAX_SKELETON_STRINGS:
+        whole = _QUOTE_ESCAPE.sub(b"\x00\x00", body)
+        return None if _ASCII_ESCAPE.search(whole) else _read(None, whole, conversation)
     strings, skeleton = _skeleton(body)
     if b"\\" in skeleton:
         # An escape outside prose, or prose ending in a backslash: a quote may be escaped,
         # which would shift which pieces are strings. Mask escaped quotes and backslashes.
         strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
-        if b"\\u" in skeleton:
-            return None  # a key spelt with escapes ("\u0074ools") would not be recognised
+        if _ASCII_ESCAPE.search(skeleton):
+            return None  # a key or a marker may be spelt with escapes
         return _read(strings, skeleton, conversation)
     if len(skeleton) > _MAX_KEPT_SKELETON:
         return _read(strings, skeleton, conversation)
@@ -218,16 +239,21 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
         return reading
 
 
-def _read(strings: list[bytes], skeleton: bytes, conversation: bool) -> Reading | None:
-    """``_scan``'s reading of a skeleton and its strings."""
-    found = _WATCHED.intersection(strings)
-    if not found <= _READ_KEYS:
-        if not found.isdisjoint(_NOT_IN_BYTES):
+def _read(strings: list[bytes] | None, skeleton: bytes, conversation: bool) -> Reading | None:
+    """``_scan``'s reading of a skeleton and its strings, or of a whole body (``strings``
+    None, no escaped quote left in it)."""
+    if strings is None:
+        if _QUOTED_MARKER.search(skeleton) or _NON_STRING_TEXT.search(skeleton):
             return None
-        if _NON_STRING_TEXT.search(skeleton):
-            return None
-    if found.isdisjoint(_READ_KEYS):
-        return None, False, None
+    else:
+        found = _WATCHED.intersection(strings)
+        if not found <= _READ_KEYS:
+            if not found.isdisjoint(_NOT_IN_BYTES):
+                return None
+            if _NON_STRING_TEXT.search(skeleton):
+                return None
+        if found.isdisjoint(_READ_KEYS):
+            return None, False, None
     members = _OBJECT.fullmatch(skeleton)
     if members is None:
         return None
@@ -314,6 +340,17 @@ class _BudgetCount:
             return count_tokens(text)
         self.spilled = True
         return fallback_count(text)
+
+
+def _unwalked_prompt(endpoint: str, body: bytes) -> int:
+    """A bound on the prompt of a body too big to walk, and not known to be text only."""
+    if endpoint in _GENERATION:
+        return len(body) * MAX_TOKENS_PER_BYTE + SCAN_OVERHEAD_TOKENS
+    if endpoint == "ocr":
+        return max(bodies.DOCUMENT_TOKENS, MAX_IMAGE_TOKENS)
+    # The other readers count strings only (and an embedding input's 2 tokens, which its
+    # quotes pay for): no more tokens than bytes.
+    return len(body) + 1
 
 
 @dataclass
@@ -448,19 +485,35 @@ class Estimator:
                 history_model,
                 False,
             )
-        if not exact and endpoint in _SCANNABLE:
+        # The cheap bound of a text-only body, without parsing it; and the only bound of a
+        # body too big to walk, in exact mode too.
+        scanned = None
+        if endpoint in _SCANNABLE and not exact:
             scanned = _scan(body, endpoint.startswith("conversations."))
-            if scanned is not None:
-                max_tokens, streams, model = scanned
-                return Estimate(
-                    len(body) + SCAN_OVERHEAD_TOKENS + history,
-                    default_completion if max_tokens is None else max_tokens,
-                    stream or streams,
-                    endpoint,
-                    conversation_id,
-                    model or history_model,
-                    False,
-                )
+        too_big = scanned is None and body.count(b",") > MAX_WALKED_VALUES
+        if too_big and endpoint in _SCANNABLE and exact:
+            scanned = _scan(body, endpoint.startswith("conversations."))
+        if scanned is not None:
+            max_tokens, streams, model = scanned
+            return Estimate(
+                len(body) + SCAN_OVERHEAD_TOKENS + history,
+                default_completion if max_tokens is None else max_tokens,
+                stream or streams,
+                endpoint,
+                conversation_id,
+                model or history_model,
+                False,
+            )
+        if too_big:
+            return Estimate(
+                _unwalked_prompt(endpoint, body) + history,
+                default_completion,
+                stream,
+                endpoint,
+                conversation_id,
+                history_model,
+                False,
+            )
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
