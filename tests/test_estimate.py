@@ -481,3 +481,20 @@ def test_agent_overhead_is_learnt_additively() -> None:
     other = e.estimate("POST", "/v1/conversations", body({"inputs": "hello", "agent_id": "ag_2"}))
     assert other.prompt_tokens == base_short
     assert e.correction.factors()["agent:ag_1"] == pytest.approx(hidden, abs=2)
+
+
+def test_cheap_bounds_stay_above_corrected_estimates() -> None:
+    # Digits cost a token a byte, so a learnt factor above 1 would lift the exact estimate
+    # above the bytes; an agent's learnt overhead is not in the body at all.
+    e = Estimator()
+    digits = body({"inputs": "7" * 3000, "model": "m"})
+    agent = body({"inputs": "hello", "agent_id": "ag_1"})
+    for _ in range(30):
+        for raw, extra in ((digits, 3000), (agent, 1000)):
+            est = e.estimate("POST", "/v1/conversations", raw)
+            e.observe(est, Usage(est.prompt_tokens + extra, 1, 0), None)
+    for raw in (digits, agent):
+        exact = e.estimate("POST", "/v1/conversations", raw)
+        cheap = e.estimate("POST", "/v1/conversations", raw, exact=False)
+        assert exact.prompt_tokens > len(raw)  # the correction raised it past the bytes
+        assert cheap.prompt_tokens >= exact.prompt_tokens

@@ -434,6 +434,12 @@ class Estimator:
             exact=False,
         )
 
+    def _raised(self, key: str, tokens: int) -> int:
+        """A bound raised by the learnt correction where it adds tokens (a server template
+        longer than ours, an agent's hidden instructions), so that a bound stays above the
+        exact estimate, which the correction also raises."""
+        return max(tokens, self.correction.apply(key, tokens))
+
     def _history_tokens(self, conversation_id: str | None) -> tuple[int, bool, str | None]:
         if conversation_id is None:
             return 0, True, None
@@ -495,13 +501,14 @@ class Estimator:
             scanned = _scan(body, endpoint.startswith("conversations."))
         if scanned is not None:
             max_tokens, streams, model = scanned
+            model = model or history_model
             return Estimate(
-                len(body) + SCAN_OVERHEAD_TOKENS + history,
+                self._raised(model or endpoint, len(body) + SCAN_OVERHEAD_TOKENS) + history,
                 default_completion if max_tokens is None else max_tokens,
                 stream or streams,
                 endpoint,
                 conversation_id,
-                model or history_model,
+                model,
                 False,
             )
         if too_big:
@@ -588,7 +595,9 @@ class Estimator:
             and tokenizer_info().get("source") == "tekken"
         )
         body_tokens = prompt
-        prompt = self.correction.apply(key, prompt) if counted_exactly else prompt
+        prompt = (
+            self.correction.apply(key, prompt) if counted_exactly else self._raised(key, prompt)
+        )
         estimate = Estimate(
             prompt_tokens=prompt + history,
             completion_tokens=completion,
