@@ -179,6 +179,8 @@ def _object_pattern() -> re.Pattern[bytes]:
 
 
 _OBJECT = _object_pattern()
+#: Group numbers of what ``_read`` takes from a match, for one ``Match.group`` call.
+_MEMBERS = tuple(_OBJECT.groupindex[name] for name in ("model", "stream", "max_tokens", "args_max"))
 
 
 def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
@@ -194,6 +196,7 @@ Reading = tuple[int | None, bool, str | None]
 #: keys, model, cap and short values around different prose), and a skeleton without
 #: escapes determines its reading, so each shape is read once.
 _READINGS: dict[tuple[bytes, bool], Reading | None] = {}
+_UNREAD: Reading = (-1, False, None)  # no reading has a negative cap
 _MAX_READINGS = 256
 #: Skeletons longer than this (bodies of many short strings) are read but not kept.
 _MAX_KEPT_SKELETON = 4096
@@ -230,13 +233,12 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
     if len(skeleton) > _MAX_KEPT_SKELETON:
         return _read(strings, skeleton, conversation)
     key = (skeleton, conversation)
-    try:
-        return _READINGS[key]
-    except KeyError:
+    reading = _READINGS.get(key, _UNREAD)
+    if reading is _UNREAD:
         reading = _READINGS[key] = _read(strings, skeleton, conversation)
         if len(_READINGS) > _MAX_READINGS:
             _READINGS.clear()
-        return reading
+    return reading
 
 
 def _read(strings: list[bytes] | None, skeleton: bytes, conversation: bool) -> Reading | None:
@@ -257,7 +259,7 @@ def _read(strings: list[bytes] | None, skeleton: bytes, conversation: bool) -> R
     members = _OBJECT.fullmatch(skeleton)
     if members is None:
         return None
-    model, stream, cap, args_cap = members.group("model", "stream", "max_tokens", "args_max")
+    model, stream, cap, args_cap = members.group(*_MEMBERS)
     if conversation:
         # The cap of the last completion_args, which replaces any earlier one.
         late = args_cap is not None and members.start("args_max") > members.start("args")
