@@ -191,13 +191,21 @@ def test_cheap_never_under_counts_what_the_template_reserialises(
         (b'{"inputs":"hi","too\\u006cs":[{"type":"function"}],"model":"mistral-x"}', "escaped key"),
         ('{"inputs":"hi"}'.encode("utf-16"), "UTF-16"),
         (b' {"inputs":"hi"}', "leading space"),
-        (b'{"inputs":"hi","model":"x"}', "one-byte model: maybe the stub of a long string"),
+        (b'{"inputs":"hi","model":"' + b"m" * 100 + b'"}', "a long model name is blanked"),
+        (b'{"inputs":"' + b"x" * 100 + b'\\n","n":2}', "a marker after prose ending in an escape"),
         (b'{"inputs":"hi","completion_args":{"max_tokens":64.0}}', "a float cap"),
         (b'{"inputs":"hi","completion_args":{"max_tokens":1234567890123456789}}', "19 digits"),
     ],
 )
 def test_scan_leaves_doubtful_bodies_to_the_parser(body: bytes, why: str) -> None:
     assert _scan(body, True) is None, why
+    json.loads(body.decode("utf-16") if why == "UTF-16" else body)  # each is valid JSON
+
+
+def test_prose_ending_in_an_escape_is_not_a_marker() -> None:
+    # Prose is blanked whole: cut to its last byte, "...\n" left "n", the marker for n > 1.
+    body = json.dumps({"inputs": "line\n" * 40, "model": "x"}).encode()
+    assert _scan(body, True) == (None, False, "x")
 
 
 @pytest.mark.parametrize(

@@ -123,8 +123,8 @@ _TEXT_KEYS = frozenset({b"text", b"thinking", b"prompt"})
 #: Keys the cheap estimate reads.
 _READ_KEYS = frozenset({b"max_tokens", b"stream", b"model", b"completion_args"})
 _WATCHED = _NOT_IN_BYTES | _TEXT_KEYS | _READ_KEYS
-#: A string this long is prose to the scan, which keeps only its last byte (an escaping
-#: backslash must stay visible). Every key and marker it looks for is shorter.
+#: A string this long is prose to the scan, which blanks it, all but a last backslash
+#: (which may escape the quote after it). Every key and marker it looks for is shorter.
 _PROSE_BYTES = 100
 #: BOS and the few control tokens a chat template adds beyond a body's own JSON syntax.
 SCAN_OVERHEAD_TOKENS = 16
@@ -184,9 +184,13 @@ _MEMBERS = tuple(_OBJECT.groupindex[name] for name in ("model", "stream", "max_t
 
 
 def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
-    """The strings of ``body`` (prose cut to its last byte), and the body rebuilt with them."""
+    """The strings of ``body``, prose blanked, and the body rebuilt with them."""
     pieces = body.split(b'"')
-    strings = [s if len(s) < _PROSE_BYTES else s[-1:] for s in pieces[1::2]]
+    # Blanked, not dropped: a dropped piece would merge its neighbours. Not cut to its last
+    # byte either: "...\n" would end in "n", a marker.
+    strings = [
+        s if len(s) < _PROSE_BYTES else b"\\" if s.endswith(b"\\") else b"" for s in pieces[1::2]
+    ]
     pieces[1::2] = strings
     return strings, b'"'.join(pieces)
 
@@ -213,8 +217,8 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
     predictions, or a text field that is not a string, are declined.
     ``conversation``: the output cap is ``completion_args.max_tokens``, not ``max_tokens``.
 
-    The body is read as a skeleton: split at its quotes, every string of prose cut to its
-    last byte, so the searches run over a couple of hundred bytes whatever the body's size.
+    The body is read as a skeleton: split at its quotes, every string of prose blanked, so
+    the searches run over a couple of hundred bytes whatever the body's size.
     tests/test_estimate_scan.py checks the bound over the corpus and generated bodies.
     """
     if body[:1] != b"{" or body[1:2] == b"\x00":
@@ -272,8 +276,8 @@ def _read(strings: list[bytes] | None, skeleton: bytes, conversation: bool) -> R
         cap = None  # true, null, "64", ...: no cap, as for the parser
     if model is not None and model[:1] != b'"':
         model = None
-    elif model is not None and (len(model) < 4 or b"\\" in model or b"\x00" in model):
-        return None  # maybe the stub of a long string, or escaped text: let the parser read it
+    elif model is not None and (model == b'""' or b"\\" in model or b"\x00" in model):
+        return None  # maybe a long name blanked, or escaped text: let the parser read it
     try:
         name = None if model is None else model[1:-1].decode("utf-8")
     except UnicodeDecodeError:
