@@ -198,7 +198,7 @@ def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
 Reading = tuple[int | None, bool, str | None]
 #: Readings of recent skeletons. One program's requests come in a few shapes (the same
 #: keys, model, cap and short values around different prose), and a skeleton without
-#: escapes determines its reading, so each shape is read once.
+#: escaped quotes determines its reading, so each shape is read once.
 _READINGS: dict[tuple[bytes, bool], Reading | None] = {}
 _UNREAD: Reading = (-1, False, None)  # no reading has a negative cap
 _MAX_READINGS = 256
@@ -228,12 +228,15 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
         return None if _ASCII_ESCAPE.search(whole) else _read(None, whole, conversation)
     strings, skeleton = _skeleton(body)
     if b"\\" in skeleton:
-        # An escape outside prose, or prose ending in a backslash: a quote may be escaped,
-        # which would shift which pieces are strings. Mask escaped quotes and backslashes.
-        strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
+        if b'\\"' in skeleton:
+            # A quote may be escaped, which shifts which pieces are strings: mask escaped
+            # quotes and backslashes, and split again.
+            strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
+            if _ASCII_ESCAPE.search(skeleton):
+                return None
+            return _read(strings, skeleton, conversation)
         if _ASCII_ESCAPE.search(skeleton):
-            return None  # a key or a marker may be spelt with escapes
-        return _read(strings, skeleton, conversation)
+            return None  # a key or a marker may be spelt with escapes: "\u0074ools"
     if len(skeleton) > _MAX_KEPT_SKELETON:
         return _read(strings, skeleton, conversation)
     key = (skeleton, conversation)
