@@ -198,7 +198,8 @@ def _estimator_at(rev: str, folder: str) -> Any:
 
 
 def hot_path(against: str | None) -> dict[str, dict[str, float]]:
-    """µs per cheap estimate of the transport benchmark's body, min over alternating rounds."""
+    """µs per cheap estimate of the transport benchmark's body, min over alternating rounds;
+    and ms per estimate of a body too big to walk."""
     from bench_transport import BODY
 
     from mistral_ratelimit.accounting.request import Estimator
@@ -226,6 +227,15 @@ def hot_path(against: str | None) -> dict[str, dict[str, float]]:
                     seconds = timeit.timeit(run, number=len(bodies))
                     runs[name].append(seconds / len(bodies) * 1e6)
             out[case] = {name: min(times) for name, times in runs.items()}
+        # A body too big to walk: a million short messages (55 MB), timed once each.
+        turns = [{"role": "user", "content": "hello there\nfriend"}, {"role": "assistant"}]
+        huge = json.dumps({"model": "mistral-x", "messages": turns * 500_000}).encode()
+        for exact in (True, False):
+            row = out[f"1M messages, {'exact' if exact else 'cheap'} (ms)"] = {}
+            for name, estimator in estimators.items():
+                started = time.perf_counter()
+                estimator.estimate("POST", "/v1/chat/completions", huge, headers, exact=exact)
+                row[name] = (time.perf_counter() - started) * 1e3
         return out
 
 
@@ -248,7 +258,10 @@ def main(against: str | None) -> None:
         f"Command: `.venv/bin/python bench/bench_estimate.py{flag}` (network blocked inside the benchmark).\n"
     )
     print(f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}.\n")
-    print("Cheap estimate on the hot path (the transport benchmark's 2 KB body), µs per call:\n")
+    print(
+        "Cheap estimate on the hot path (the transport benchmark's 2 KB body), µs per call,"
+        " and a body too big to walk:\n"
+    )
     names = list(hot["same shape"])
     print("| body | " + " | ".join(names) + (" | ratio |" if against else " |"))
     print("|---" * (len(names) + 1 + bool(against)) + "|")

@@ -136,10 +136,8 @@ _NON_STRING_TEXT = re.compile(rb'"(?:text|thinking|prompt)"[ \t\r\n]*:[ \t\r\n]*
 _QUOTED_MARKER = re.compile(
     b'"(?:%s)"' % b"|".join(re.escape(m) for m in sorted(_NOT_IN_BYTES, key=len, reverse=True))
 )
-#: A body of more strings than this is read in one piece, with C-speed searches: splitting
-#: it into its strings would cost more. Below this size its quotes are not counted.
-_MAX_SKELETON_STRINGS = 20_000
-_SKELETON_BYTES = 256 * 1024
+#: A body this small holds at most MAX_WALKED_VALUES: a value and its comma take 2 bytes.
+_WALKED_BYTES = 2 * MAX_WALKED_VALUES
 
 
 def _object_pattern() -> re.Pattern[bytes]:
@@ -197,8 +195,8 @@ def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
 
 Reading = tuple[int | None, bool, str | None]
 #: Readings of recent skeletons. One program's requests come in a few shapes (the same
-#: keys, model, cap and short values around different prose), and a skeleton without
-#: escaped quotes determines its reading, so each shape is read once.
+#: keys, model, cap and short values around different prose), and a skeleton determines
+#: its reading, so each shape is read once.
 _READINGS: dict[tuple[bytes, bool], Reading | None] = {}
 _UNREAD: Reading = (-1, False, None)  # no reading has a negative cap
 _MAX_READINGS = 256
@@ -223,20 +221,14 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
     """
     if body[:1] != b"{" or body[1:2] == b"\x00":
         return None  # not an object, or UTF-16/32, which json.loads would decode
-    if len(body) > _SKELETON_BYTES and body.count(b'"') > 2 * _MAX_SKELETON_STRINGS:
-        whole = _QUOTE_ESCAPE.sub(b"\x00\x00", body)
-        return None if _ASCII_ESCAPE.search(whole) else _read(None, whole, conversation)
     strings, skeleton = _skeleton(body)
     if b"\\" in skeleton:
+        if _ASCII_ESCAPE.search(skeleton):
+            return None  # a key or a marker may be spelt with escapes: "\u0074ools"
         if b'\\"' in skeleton:
             # A quote may be escaped, which shifts which pieces are strings: mask escaped
             # quotes and backslashes, and split again.
             strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
-            if _ASCII_ESCAPE.search(skeleton):
-                return None
-            return _read(strings, skeleton, conversation)
-        if _ASCII_ESCAPE.search(skeleton):
-            return None  # a key or a marker may be spelt with escapes: "\u0074ools"
     if len(skeleton) > _MAX_KEPT_SKELETON:
         return _read(strings, skeleton, conversation)
     key = (skeleton, conversation)
@@ -248,21 +240,16 @@ def _scan(body: bytes, conversation: bool) -> Reading | None:
     return reading
 
 
-def _read(strings: list[bytes] | None, skeleton: bytes, conversation: bool) -> Reading | None:
-    """``_scan``'s reading of a skeleton and its strings, or of a whole body (``strings``
-    None, no escaped quote left in it)."""
-    if strings is None:
-        if _QUOTED_MARKER.search(skeleton) or _NON_STRING_TEXT.search(skeleton):
+def _read(strings: list[bytes], skeleton: bytes, conversation: bool) -> Reading | None:
+    """``_scan``'s reading of a skeleton and its strings."""
+    found = _WATCHED.intersection(strings)
+    if not found <= _READ_KEYS:
+        if not found.isdisjoint(_NOT_IN_BYTES):
             return None
-    else:
-        found = _WATCHED.intersection(strings)
-        if not found <= _READ_KEYS:
-            if not found.isdisjoint(_NOT_IN_BYTES):
-                return None
-            if _NON_STRING_TEXT.search(skeleton):
-                return None
-        if found.isdisjoint(_READ_KEYS):
-            return None, False, None
+        if _NON_STRING_TEXT.search(skeleton):
+            return None
+    if found.isdisjoint(_READ_KEYS):
+        return None, False, None
     members = _OBJECT.fullmatch(skeleton)
     if members is None:
         return None
@@ -352,9 +339,17 @@ class _BudgetCount:
 
 
 def _unwalked_prompt(endpoint: str, body: bytes) -> int:
-    """A bound on the prompt of a body too big to walk, and not known to be text only."""
+    """A bound on the prompt of a body too big to walk (nor are its cap and stream read)."""
     if endpoint in _GENERATION:
-        return len(body) * MAX_TOKENS_PER_BYTE + SCAN_OVERHEAD_TOKENS
+        # Text only, as _scan defines it, searched for in the raw body: an escaped quote can
+        # only make a marker appear where there is none, which costs a higher bound.
+        text_only = not (
+            _QUOTED_MARKER.search(body)
+            or _NON_STRING_TEXT.search(body)
+            or _ASCII_ESCAPE.search(body)
+        )
+        per_byte = 1 if text_only else MAX_TOKENS_PER_BYTE
+        return len(body) * per_byte + SCAN_OVERHEAD_TOKENS
     if endpoint == "ocr":
         return max(bodies.DOCUMENT_TOKENS, MAX_IMAGE_TOKENS)
     # The other readers count strings only (and an embedding input's 2 tokens, which its
@@ -500,13 +495,18 @@ class Estimator:
                 history_model,
                 False,
             )
-        # The cheap bound of a text-only body, without parsing it; and the only bound of a
-        # body too big to walk, in exact mode too.
+        if len(body) > _WALKED_BYTES and body.count(b",") > MAX_WALKED_VALUES:
+            return Estimate(
+                _unwalked_prompt(endpoint, body) + history,
+                default_completion,
+                stream,
+                endpoint,
+                conversation_id,
+                history_model,
+                False,
+            )
         scanned = None
         if endpoint in _SCANNABLE and not exact:
-            scanned = _scan(body, endpoint.startswith("conversations."))
-        too_big = scanned is None and body.count(b",") > MAX_WALKED_VALUES
-        if too_big and endpoint in _SCANNABLE and exact:
             scanned = _scan(body, endpoint.startswith("conversations."))
         if scanned is not None:
             max_tokens, streams, model = scanned
@@ -518,16 +518,6 @@ class Estimator:
                 endpoint,
                 conversation_id,
                 model,
-                False,
-            )
-        if too_big:
-            return Estimate(
-                _unwalked_prompt(endpoint, body) + history,
-                default_completion,
-                stream,
-                endpoint,
-                conversation_id,
-                history_model,
                 False,
             )
         try:
