@@ -1,8 +1,13 @@
 """Token estimation benchmark: speed, tokenizer memory, and the fallback's error per language.
 
-Run: ``.venv/bin/python bench/bench_estimate.py`` (prints a Markdown section).
+Run: ``.venv/bin/python bench/bench_estimate.py [--against REV]`` (prints a Markdown section).
 
 Measures, each in a fresh subprocess where memory matters:
+
+* the cheap estimate on the transport's hot path: bench_transport's 2 KB body, once more of
+  a shape already seen (one program's requests come in a few shapes) and of a new shape each
+  time; with ``--against REV``, the same for that git revision, alternating in one process
+  (the machine is noisy: compare the ratio);
 
 * time to load the shipped Tekken vocabulary and the RSS it adds;
 * time to estimate a ~2 KB and a ~1 MB request body, exact (Tekken BPE) and cheap (UTF-8
@@ -14,21 +19,28 @@ Measures, each in a fresh subprocess where memory matters:
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import importlib
+import io
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+import timeit
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests" / "corpus"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 
@@ -171,6 +183,62 @@ def fallback_errors() -> dict[str, dict[str, float]]:
     return rows
 
 
+def _estimator_at(rev: str, folder: str) -> Any:
+    """An ``Estimator`` from git revision ``rev``, imported as a package of its own."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "src/mistral_ratelimit"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    shutil.move(os.path.join(folder, "src", "mistral_ratelimit"), os.path.join(folder, "at_rev"))
+    sys.path.insert(0, folder)
+    return importlib.import_module("at_rev.accounting.request").Estimator()
+
+
+def hot_path(against: str | None) -> dict[str, dict[str, float]]:
+    """µs per cheap estimate of the transport benchmark's body, min over alternating rounds;
+    and ms per estimate of a body too big to walk."""
+    from bench_transport import BODY
+
+    from mistral_ratelimit.accounting.request import Estimator
+
+    headers = {"accept": "application/json", "content-type": "application/json"}
+    # A new shape each call: only the cap differs, which the scan reads.
+    shapes = [BODY.replace(b'"max_tokens": 256', b'"max_tokens": %d' % n) for n in range(4096)]
+    assert len(set(shapes)) == len(shapes)
+    with tempfile.TemporaryDirectory() as folder:
+        estimators = {"this": Estimator()}
+        if against:
+            estimators[against] = _estimator_at(against, folder)
+        out: dict[str, dict[str, float]] = {}
+        for case, bodies in (("same shape", [BODY] * len(shapes)), ("new shape", shapes)):
+            runs: dict[str, list[float]] = {name: [] for name in estimators}
+            for _ in range(9):
+                for name, estimator in estimators.items():
+                    calls = iter(bodies)
+
+                    def run(e: Any = estimator, c: Any = calls) -> Any:
+                        return e.estimate(
+                            "POST", "/v1/conversations", next(c), headers, exact=False
+                        )
+
+                    seconds = timeit.timeit(run, number=len(bodies))
+                    runs[name].append(seconds / len(bodies) * 1e6)
+            out[case] = {name: min(times) for name, times in runs.items()}
+        # A body too big to walk: a million short messages (55 MB), timed once each.
+        turns = [{"role": "user", "content": "hello there\nfriend"}, {"role": "assistant"}]
+        huge = json.dumps({"model": "mistral-x", "messages": turns * 500_000}).encode()
+        for exact in (True, False):
+            row = out[f"1M messages, {'exact' if exact else 'cheap'} (ms)"] = {}
+            for name, estimator in estimators.items():
+                started = time.perf_counter()
+                estimator.estimate("POST", "/v1/chat/completions", huge, headers, exact=exact)
+                row[name] = (time.perf_counter() - started) * 1e3
+        return out
+
+
 def _run_child(name: str) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, __file__, name], capture_output=True, text=True, check=True
@@ -179,15 +247,29 @@ def _run_child(name: str) -> dict[str, Any]:
     return result
 
 
-def main() -> None:
+def main(against: str | None) -> None:
     tekken = _run_child("--tekken")
     cl100k = _run_child("--cl100k")
     errors = fallback_errors()
+    hot = hot_path(against)
+    flag = f" --against {against}" if against else ""
     print("## Token estimation\n")
     print(
-        "Command: `.venv/bin/python bench/bench_estimate.py` (network blocked inside the benchmark).\n"
+        f"Command: `.venv/bin/python bench/bench_estimate.py{flag}` (network blocked inside the benchmark).\n"
     )
     print(f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}.\n")
+    print(
+        "Cheap estimate on the hot path (the transport benchmark's 2 KB body), µs per call,"
+        " and a body too big to walk:\n"
+    )
+    names = list(hot["same shape"])
+    print("| body | " + " | ".join(names) + (" | ratio |" if against else " |"))
+    print("|---" * (len(names) + 1 + bool(against)) + "|")
+    for case, row in hot.items():
+        cells = " | ".join(f"{row[n]:.1f}" for n in names)
+        ratio = f" | {row[names[1]] / row['this']:.1f}x" if against else ""
+        print(f"| {case} | {cells}{ratio} |")
+    print()
     print("| tokenizer | load time | RSS added |")
     print("|---|---|---|")
     print(
@@ -228,4 +310,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--cl100k":
         print(json.dumps(child_cl100k()))
     else:
-        main()
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--against", help="also time the hot path at this git revision")
+        main(parser.parse_args().against)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import socket
 import struct
@@ -12,9 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from mistral_ratelimit.accounting import tokenizer
+from mistral_ratelimit.accounting import request, tokenizer
 from mistral_ratelimit.accounting.correction import MAX_FACTOR, MIN_OBSERVATIONS
 from mistral_ratelimit.accounting.images import MAX_IMAGE_TOKENS, grid_tokens, image_url_tokens
 from mistral_ratelimit.accounting.request import EXACT_TEXT_BUDGET, Estimator, route
@@ -76,8 +78,19 @@ def test_stream_from_body_or_accept_header() -> None:
     plain = body({"inputs": "hi", "stream": False})
     assert not e.estimate("POST", "/v1/conversations", plain).stream
     assert e.estimate("POST", "/v1/conversations", body({"inputs": "hi", "stream": True})).stream
-    assert e.estimate("POST", "/v1/conversations", plain, {"ACCEPT": "Text/Event-Stream"}).stream
-    assert e.estimate("POST", "/v1/chat/completions", b"{}", {"accept": "text/event-stream"}).stream
+    sse = "text/event-stream"
+    for exact in (True, False):
+        for headers in (
+            {"ACCEPT": "Text/Event-Stream"},
+            {"accept": sse},
+            {"User-Agent": "x", "Accept": sse},
+            httpx.Headers({"Accept": sse}),
+            httpx.Headers([("accept", "application/json"), ("accept", sse)]),
+        ):
+            assert e.estimate("POST", "/v1/conversations", plain, headers, exact=exact).stream
+            assert e.estimate("POST", "/v1/chat/completions", b"{}", headers, exact=exact).stream
+        for headers in ({"Accept": "application/json"}, httpx.Headers({"user-agent": sse}), {}):
+            assert not e.estimate("POST", "/v1/conversations", plain, headers, exact=exact).stream
 
 
 def test_completion_reserve() -> None:
@@ -260,6 +273,29 @@ def test_fifty_megabyte_body_is_estimated() -> None:
     assert e.estimate("POST", "/v1/conversations", garbage).prompt_tokens > 0
 
 
+def test_bodies_too_big_to_walk_are_bounded_from_their_bytes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    turns = [{"role": "user", "content": "hello there"}, {"role": "assistant", "content": "hi"}]
+    text_only = body({"model": "mistral-x", "max_tokens": 77, "messages": turns * 150_000})
+    images = [{"image_url": 0}] * (request.MAX_WALKED_VALUES + 1)
+    with_images = body({"messages": [{"role": "user", "content": images}]})
+    many_strings = body({"x": ["ab"] * 2_000_000})
+    # Not parsed at all: reading 300 000 messages took seconds.
+    monkeypatch.setattr(request.json, "loads", lambda *_: pytest.fail("parsed"))
+    e = Estimator()
+    for exact in (True, False):
+        est = e.estimate("POST", "/v1/chat/completions", text_only, exact=exact)
+        # Text only: its bytes bound it. Its cap is not read: the default is reserved.
+        assert len(text_only) <= est.prompt_tokens <= len(text_only) + 16
+        assert est.completion_tokens == e.default_max_tokens
+        est = e.estimate("POST", "/v1/chat/completions", with_images, exact=exact)
+        assert est.prompt_tokens >= len(images) * MAX_IMAGE_TOKENS
+        est = e.estimate("POST", "/v1/unknown", many_strings, exact=exact)
+        assert est.prompt_tokens >= 2_000_000 and not est.exact  # was cut at 1 000 000 strings
+    assert e.failures == 0
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -352,6 +388,16 @@ def test_error_stats() -> None:
     assert after["cheap_count"] == 1 and after["cheap_mean"] > 1
 
 
+def test_forced_cost_does_not_feed_error_figures() -> None:
+    # As the lifecycle builds one for a cost in the request's extensions.
+    e = Estimator()
+    base = e.estimate("POST", "/v1/conversations", None, exact=False)
+    forced = dataclasses.replace(base, prompt_tokens=777, completion_tokens=0, exact=True)
+    e.observe(forced, Usage(10, 1, 0), None)
+    stats = e.error_stats()
+    assert stats["count"] == 0 and stats["cheap_count"] == 0
+
+
 def test_observe_never_raises() -> None:
     e = Estimator()
     est = e.estimate("POST", "/v1/conversations", b"{}")
@@ -437,3 +483,20 @@ def test_agent_overhead_is_learnt_additively() -> None:
     other = e.estimate("POST", "/v1/conversations", body({"inputs": "hello", "agent_id": "ag_2"}))
     assert other.prompt_tokens == base_short
     assert e.correction.factors()["agent:ag_1"] == pytest.approx(hidden, abs=2)
+
+
+def test_cheap_bounds_stay_above_corrected_estimates() -> None:
+    # Digits cost a token a byte, so a learnt factor above 1 would lift the exact estimate
+    # above the bytes; an agent's learnt overhead is not in the body at all.
+    e = Estimator()
+    digits = body({"inputs": "7" * 3000, "model": "m"})
+    agent = body({"inputs": "hello", "agent_id": "ag_1"})
+    for _ in range(30):
+        for raw, extra in ((digits, 3000), (agent, 1000)):
+            est = e.estimate("POST", "/v1/conversations", raw)
+            e.observe(est, Usage(est.prompt_tokens + extra, 1, 0), None)
+    for raw in (digits, agent):
+        exact = e.estimate("POST", "/v1/conversations", raw)
+        cheap = e.estimate("POST", "/v1/conversations", raw, exact=False)
+        assert exact.prompt_tokens > len(raw)  # the correction raised it past the bytes
+        assert cheap.prompt_tokens >= exact.prompt_tokens

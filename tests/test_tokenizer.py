@@ -142,6 +142,41 @@ def test_loads_once_across_threads(fresh_tokenizer: None, monkeypatch: pytest.Mo
     assert len(set(results)) == 1 and results[0] > 0
 
 
+def test_no_fallback_count_while_the_vocabulary_is_published(
+    fresh_tokenizer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hold the loader between building the encoding and returning it, and count from another
+    # thread meanwhile: that count must wait for Tekken, not see the state say "tekken" and
+    # take the byte fallback (such a count would be flagged exact and teach the correction).
+    real = tokenizer._load_encoding
+    built, release = threading.Event(), threading.Event()
+
+    def slow() -> Any:
+        loaded = real()
+        built.set()
+        release.wait(5)
+        return loaded
+
+    monkeypatch.setattr(tokenizer, "_load_encoding", slow)
+    text = "Bonjour tout le monde, comment allez-vous ?"
+    seen: list[tuple[int, object]] = []
+
+    def count() -> None:
+        seen.append((count_tokens(text), tokenizer_info()["source"]))
+
+    loader = threading.Thread(target=count_tokens, args=("warm up",))
+    loader.start()
+    assert built.wait(10)
+    reader = threading.Thread(target=count)
+    reader.start()
+    reader.join(0.3)  # long enough for a lock-free read to finish during the load
+    release.set()
+    loader.join(10)
+    reader.join(10)
+    assert seen == [(count_tokens(text), "tekken")]
+    assert seen[0][0] < fallback_count(text)
+
+
 def test_offline_no_socket(fresh_tokenizer: None, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise OSError("network disabled in this test")

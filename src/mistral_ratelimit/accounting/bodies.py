@@ -39,11 +39,14 @@ class Reading:
         self.exact = True  # False once an unreadable image or a policy cost is used
 
 
-def strings_in(value: Any, limit: int = 1_000_000) -> list[str]:
-    """Every string value (not key) in a JSON value, iteratively (deep nesting is fine)."""
+def strings_in(value: Any) -> list[str]:
+    """Every string value (not key) in a JSON value, iteratively (deep nesting is fine).
+
+    Not bounded here: the estimator walks no body of more than ``MAX_WALKED_VALUES``.
+    """
     out: list[str] = []
     stack = [value]
-    while stack and len(out) < limit:
+    while stack:
         item = stack.pop()
         if isinstance(item, str):
             out.append(item)

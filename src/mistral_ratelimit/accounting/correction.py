@@ -46,6 +46,10 @@ class ModelCorrection:
         self._log_ratio: dict[str, float] = {}
         self._seen: dict[str, int] = {}
         self._offset: dict[str, float] = {}
+        #: What ``apply`` uses, per key with enough observations: a factor, or for agents an
+        #: overhead. Written under the lock, read without it (one dict read), because the
+        #: cheap estimate on every request's hot path applies it too.
+        self._applied: dict[str, float] = {}
         self._errors: deque[float] = deque(maxlen=ERROR_WINDOW)
         self._abs_tokens: deque[int] = deque(maxlen=ERROR_WINDOW)
         self._count = 0
@@ -53,28 +57,19 @@ class ModelCorrection:
         self._cheap_sum = 0.0
 
     def factor(self, model: str | None) -> float:
-        key = model or ""
-        with self._lock:
-            if self._seen.get(key, 0) < MIN_OBSERVATIONS:
-                return 1.0
-            value = math.exp(self._log_ratio.get(key, 0.0))
-        return min(MAX_FACTOR, max(MIN_FACTOR, value))
+        return self._applied.get(model or "", 1.0)
 
     def offset(self, model: str | None) -> int:
-        key = model or ""
-        with self._lock:
-            if self._seen.get(key, 0) < MIN_OBSERVATIONS:
-                return 0
-            value = self._offset.get(key, 0.0)
-        return int(min(MAX_OFFSET, max(0.0, math.ceil(value))))
+        return int(self._applied.get(model or "", 0))
 
     def apply(self, model: str | None, tokens: int) -> int:
-        if (model or "").startswith(ADDITIVE_PREFIX):
-            return tokens + self.offset(model)
-        factor = self.factor(model)
-        if factor == 1.0:
+        key = model or ""
+        value = self._applied.get(key)
+        if value is None:
             return tokens
-        return max(0, math.ceil(tokens * factor))
+        if key.startswith(ADDITIVE_PREFIX):
+            return tokens + int(value)
+        return max(0, math.ceil(tokens * value))
 
     def observe(self, model: str | None, estimated: int, actual: int) -> None:
         """Learn from one estimate (before correction) and the server's count for it."""
@@ -99,6 +94,12 @@ class ModelCorrection:
                 previous = self._log_ratio.get(key, 0.0)
                 self._log_ratio[key] = previous + weight * (step - previous)
             self._seen[key] = seen + 1
+            if seen + 1 >= MIN_OBSERVATIONS:
+                self._applied[key] = (
+                    min(MAX_OFFSET, max(0.0, math.ceil(self._offset[key])))
+                    if additive
+                    else min(MAX_FACTOR, max(MIN_FACTOR, math.exp(self._log_ratio[key])))
+                )
 
     def record_error(self, estimated: int, actual: int, *, exact: bool = True) -> None:
         """One estimate as sent (after correction) against the server's ``prompt_tokens``.

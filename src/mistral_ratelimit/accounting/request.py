@@ -29,6 +29,7 @@ is billed for the stored conversation, so its prompt includes the tracked histor
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -41,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from . import bodies
 from .correction import ModelCorrection
 from .history import ConversationHistory
+from .images import MAX_IMAGE_TOKENS
 from .template import Count
 from .tokenizer import count_tokens, fallback_count, tokenizer_info
 from .types import Estimate, Usage
@@ -55,6 +57,14 @@ logger = logging.getLogger(__name__)
 EXACT_TEXT_BUDGET = 2_000_000
 #: Bodies larger than this are not parsed at all: their byte length is the estimate.
 MAX_PARSE_BYTES = 64 * 1024 * 1024
+#: JSON values (counted by their commas) beyond which a body is not parsed and walked:
+#: reading a million messages takes seconds. Such a body is bounded from its bytes (about
+#: 50 000 messages, already more than any context window holds, walk in ~0.1 s).
+MAX_WALKED_VALUES = 100_000
+#: The most one byte of a body can cost: an unreadable image chunk, ``{"image_url":0},``,
+#: costs MAX_IMAGE_TOKENS in 16 bytes. The bound of a body too big to walk that is not
+#: text only.
+MAX_TOKENS_PER_BYTE = -(-MAX_IMAGE_TOKENS // 16)
 #: Estimates awaiting their response (for the correction), bounded.
 MAX_PENDING = 4096
 
@@ -72,74 +82,197 @@ _SIMPLE = {
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 #: Endpoints whose text-only bodies the cheap estimate bounds without parsing them.
 _SCANNABLE = frozenset(
+    {"conversations.start", "conversations.append", "conversations.restart", "chat", "fim"}
+)
+#: Strings (keys or values) whose cost is not in the body's bytes. Bodies holding any of them
+#: take the parsing path.
+_NOT_IN_BYTES = frozenset(
     {
-        "conversations.start",
-        "conversations.append",
-        "conversations.restart",
-        "chat",
-        "agents.completions",
-        "fim",
+        # A URL or a reference stands for a whole image, document or clip, costed by policy
+        # or by the image's size (bodies.py).
+        b"image_url",
+        b"image",
+        b"document_url",
+        b"document",
+        b"file",
+        b"file_id",
+        b"tool_file",
+        b"input_audio",
+        b"audio_url",
+        b"audio",
+        # An agent's instructions and tools live on the server; n multiplies the output.
+        b"agent_id",
+        b"n",
+        # Re-serialised by the chat template with ", " and ": " separators and Python's
+        # spelling of floats (1e15 becomes 1000000000000000.0), so compact JSON grows:
+        # tools, tool calls and their arguments, tool results, schemas, predictions.
+        b"tools",
+        b"tool_calls",
+        b"arguments",
+        b"result",
+        b"tool",
+        b"function.call",
+        b"function.result",
+        b"tool.execution",
+        b"json_schema",
+        b"prediction",
     }
 )
-#: Parts whose cost is not in their bytes (a URL stands for a whole image or document;
-#: built-in tools and agents are defined on the server), or that multiply the output
-#: (``n``): bodies holding any of them take the parsing path. Plain substring tests, as
-#: ``bytes.__contains__`` is an order of magnitude faster than a regular expression here.
-_NOT_IN_BYTES = (
-    b"image",  # image_url, image, image_generation
-    b"document",  # document_url, document, document_library
-    b'_url"',  # file_url, audio_url, ...
-    b"audio",
-    b"file_id",
-    b'"n"',
-    b"agent_id",
-    b"web_search",
-    b"code_interpreter",
-    b"connector",
-)
-_WHITESPACE = b" \t\r\n"
+#: Keys whose value is rendered as JSON when it is not a string (bodies._text_of).
+_TEXT_KEYS = frozenset({b"text", b"thinking", b"prompt"})
+#: Keys the cheap estimate reads.
+_READ_KEYS = frozenset({b"max_tokens", b"stream", b"model", b"completion_args"})
+_WATCHED = _NOT_IN_BYTES | _TEXT_KEYS | _READ_KEYS
+#: A string this long is prose to the scan, which blanks it, all but a last backslash
+#: (which may escape the quote after it). Every key and marker it looks for is shorter.
+_PROSE_BYTES = 100
 #: BOS and the few control tokens a chat template adds beyond a body's own JSON syntax.
 SCAN_OVERHEAD_TOKENS = 16
+#: An escaped backslash or quote; read left to right, this is exactly JSON's escaping.
+_QUOTE_ESCAPE = re.compile(rb'\\[\\"]')
+#: An ASCII character spelt as an escape: it could spell a key or a marker ("\u0074ools").
+_ASCII_ESCAPE = re.compile(rb"\\u00[2-7]")
+_NON_STRING_TEXT = re.compile(rb'"(?:text|thinking|prompt)"[ \t\r\n]*:[ \t\r\n]*[^" \t\r\n]')
+_QUOTED_MARKER = re.compile(
+    b'"(?:%s)"' % b"|".join(re.escape(m) for m in sorted(_NOT_IN_BYTES, key=len, reverse=True))
+)
+#: A body this small holds at most MAX_WALKED_VALUES: a value and its comma take 2 bytes.
+_WALKED_BYTES = 2 * MAX_WALKED_VALUES
 
 
-def _values_of(body: bytes, key: bytes) -> list[bytes]:
-    """The raw text after each unescaped ``"key":`` in ``body`` (up to 220 bytes)."""
-    out = []
-    start = body.find(key)
-    while start >= 0:
-        after = start + len(key)
-        if body[start - 1 : start] != b"\\":  # an escaped quote sits inside a string
-            rest = body[after : after + 240].lstrip(_WHITESPACE)
-            if rest[:1] == b":":
-                out.append(rest[1:].lstrip(_WHITESPACE)[:220])
-        start = body.find(key, after)
-    return out
+def _object_pattern() -> re.Pattern[bytes]:
+    """The top-level object of a skeleton (see ``_scan``), capturing the members the cheap
+    estimate reads: the last of each, as ``json.loads`` keeps the last duplicate key.
+
+    Captures sit in atomic groups, not possessive repeats: Python 3.11 loses a capture made
+    inside a possessive repeat.
+    """
+    ws = rb"[ \t\r\n]*+"
+    string = rb'"[^"]*+"'  # a skeleton holds no escaped quote
+    scalar = rb'[^"{}\[\],: \t\r\n]++'
+    nested = rb'(?:[^"{}\[\]]++|' + string + rb")*+"
+    for _ in range(16):  # deeper bodies do not match, and take the parsing path
+        nested = rb'(?:[^"{}\[\]]++|' + string + rb"|[{\[]" + nested + rb"[}\]])*+"
+    value = rb"(?:" + string + rb"|[{\[]" + nested + rb"[}\]]|" + scalar + rb")"
+
+    def members(captures: list[tuple[bytes, str, bytes]]) -> bytes:
+        """An object, capturing as ``group`` the ``pattern`` value of each ``key``."""
+        named = b"|".join(
+            b'"%s"%s:%s(?P<%s>%s)' % (key, ws, ws, group.encode(), pattern)
+            for key, group, pattern in captures
+        )
+        other = string + ws + b":" + ws + value
+        return rb"\{%s(?>(?:(?:%s|%s)%s(?:,|(?=\}))%s)*)\}" % (ws, named, other, ws, ws)
+
+    args = members([(b"max_tokens", "args_max", value)]) + b"|" + value
+    top = members(
+        [
+            (b"model", "model", value),
+            (b"stream", "stream", value),
+            (b"max_tokens", "max_tokens", value),
+            (b"completion_args", "args", args),
+        ]
+    )
+    return re.compile(top + ws)
 
 
-def _scan(body: bytes) -> tuple[int | None, bool, str | None] | None:
+_OBJECT = _object_pattern()
+#: Group numbers of what ``_read`` takes from a match, for one ``Match.group`` call.
+_MEMBERS = tuple(_OBJECT.groupindex[name] for name in ("model", "stream", "max_tokens", "args_max"))
+
+
+def _skeleton(body: bytes) -> tuple[list[bytes], bytes]:
+    """The strings of ``body``, prose blanked, and the body rebuilt with them."""
+    pieces = body.split(b'"')
+    # Blanked, not dropped: a dropped piece would merge its neighbours. Not cut to its last
+    # byte either: "...\n" would end in "n", a marker.
+    strings = [
+        s if len(s) < _PROSE_BYTES else b"\\" if s.endswith(b"\\") else b"" for s in pieces[1::2]
+    ]
+    pieces[1::2] = strings
+    return strings, b'"'.join(pieces)
+
+
+Reading = tuple[int | None, bool, str | None]
+#: Readings of recent skeletons. One program's requests come in a few shapes (the same
+#: keys, model, cap and short values around different prose), and a skeleton determines
+#: its reading, so each shape is read once.
+_READINGS: dict[tuple[bytes, bool], Reading | None] = {}
+_UNREAD: Reading = (-1, False, None)  # no reading has a negative cap
+_MAX_READINGS = 256
+#: Skeletons longer than this (bodies of many short strings) are read but not kept.
+_MAX_KEPT_SKELETON = 4096
+
+
+def _scan(body: bytes, conversation: bool) -> Reading | None:
     """The cheap estimate's reading of a body, without parsing it: ``(max_tokens, stream,
-    model)``, or None when the body's bytes do not bound its cost.
+    model)``, or None when the body's bytes may not bound its cost.
 
     A Tekken token is at least one byte of UTF-8, JSON escaping only lengthens text, and
-    every message, tool call or result spends more bytes on JSON syntax than the template
-    spends control tokens on it, so the body's length (plus BOS) bounds its prompt.
-    tests/test_estimate_scan.py checks the bound over the whole corpus.
+    every message spends more bytes on JSON syntax than the template spends control tokens
+    on it, so the body's length (plus BOS) bounds its prompt, as long as the template
+    renders no JSON of its own: bodies with tools, tool calls or results, schemas,
+    predictions, or a text field that is not a string, are declined.
+    ``conversation``: the output cap is ``completion_args.max_tokens``, not ``max_tokens``.
+
+    The body is read as a skeleton: split at its quotes, every string of prose blanked, so
+    the searches run over a couple of hundred bytes whatever the body's size.
+    tests/test_estimate_scan.py checks the bound over the corpus and generated bodies.
     """
-    if any(marker in body for marker in _NOT_IN_BYTES):
+    if body[:1] != b"{" or body[1:2] == b"\x00":
+        return None  # not an object, or UTF-16/32, which json.loads would decode
+    strings, skeleton = _skeleton(body)
+    if b"\\" in skeleton:
+        if _ASCII_ESCAPE.search(skeleton):
+            return None  # a key or a marker may be spelt with escapes: "\u0074ools"
+        if b'\\"' in skeleton:
+            # A quote may be escaped, which shifts which pieces are strings: mask escaped
+            # quotes and backslashes, and split again.
+            strings, skeleton = _skeleton(_QUOTE_ESCAPE.sub(b"\x00\x00", body))
+    if len(skeleton) > _MAX_KEPT_SKELETON:
+        return _read(strings, skeleton, conversation)
+    key = (skeleton, conversation)
+    reading = _READINGS.get(key, _UNREAD)
+    if reading is _UNREAD:
+        reading = _READINGS[key] = _read(strings, skeleton, conversation)
+        if len(_READINGS) > _MAX_READINGS:
+            _READINGS.clear()
+    return reading
+
+
+def _read(strings: list[bytes], skeleton: bytes, conversation: bool) -> Reading | None:
+    """``_scan``'s reading of a skeleton and its strings."""
+    found = _WATCHED.intersection(strings)
+    if not found <= _READ_KEYS:
+        if not found.isdisjoint(_NOT_IN_BYTES):
+            return None
+        if _NON_STRING_TEXT.search(skeleton):
+            return None
+    if found.isdisjoint(_READ_KEYS):
+        return None, False, None
+    members = _OBJECT.fullmatch(skeleton)
+    if members is None:
         return None
-    caps = []
-    for raw in _values_of(body, b'"max_tokens"'):
-        digits = raw[: len(raw) - len(raw.lstrip(b"0123456789"))]
-        if 0 < len(digits) <= 12:
-            caps.append(int(digits))
-    streams = any(raw.startswith(b"true") for raw in _values_of(body, b'"stream"'))
-    model = None
-    for raw in _values_of(body, b'"model"'):
-        end = raw.find(b'"', 1)
-        if raw[:1] == b'"' and end > 1 and b"\\" not in raw[:end]:
-            model = raw[1:end].decode("utf-8", "replace")
-            break
-    return (max(caps) if caps else None, streams, model)
+    model, stream, cap, args_cap = members.group(*_MEMBERS)
+    if conversation:
+        # The cap of the last completion_args, which replaces any earlier one.
+        late = args_cap is not None and members.start("args_max") > members.start("args")
+        cap = args_cap if late else None
+    if cap is not None and not (
+        cap.isdigit() and len(cap) <= 18 and (cap[:1] != b"0" or cap == b"0")
+    ):
+        if cap[:1] in b"-0123456789":
+            return None  # -0, 64.0, 064 or 19 digits: let the parser judge the number
+        cap = None  # true, null, "64", ...: no cap, as for the parser
+    if model is not None and model[:1] != b'"':
+        model = None
+    elif model is not None and (model == b'""' or b"\\" in model or b"\x00" in model):
+        return None  # maybe a long name blanked, or escaped text: let the parser read it
+    try:
+        name = None if model is None else model[1:-1].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return (None if cap is None else int(cap)), stream == b"true", name
 
 
 _GENERATION = frozenset(
@@ -154,6 +287,7 @@ _GENERATION = frozenset(
 )
 
 
+@functools.lru_cache(maxsize=4096)  # every request is routed, most to a handful of paths
 def route(method: str, path: str) -> tuple[str, str | None]:
     """``(endpoint, conversation_id)`` for a method and URL path."""
     if str(method).upper() not in _WRITE_METHODS:
@@ -179,12 +313,14 @@ def _accepts_sse(headers: Mapping[str, str] | None) -> bool:
     if not headers:
         return False
     try:
-        for key, value in headers.items():
-            if str(key).lower() == "accept" and "text/event-stream" in str(value).lower():
-                return True
+        # One lookup for httpx's case-insensitive Headers and the lowercased dicts the
+        # transports build; other mappings may spell it "Accept", so look through them.
+        value = headers.get("accept")
+        if value is None:
+            value = next((v for k, v in headers.items() if str(k).lower() == "accept"), None)
+        return value is not None and "text/event-stream" in str(value).lower()
     except Exception:
         return False
-    return False
 
 
 class _BudgetCount:
@@ -200,6 +336,25 @@ class _BudgetCount:
             return count_tokens(text)
         self.spilled = True
         return fallback_count(text)
+
+
+def _unwalked_prompt(endpoint: str, body: bytes) -> int:
+    """A bound on the prompt of a body too big to walk (nor are its cap and stream read)."""
+    if endpoint in _GENERATION:
+        # Text only, as _scan defines it, searched for in the raw body: an escaped quote can
+        # only make a marker appear where there is none, which costs a higher bound.
+        text_only = not (
+            _QUOTED_MARKER.search(body)
+            or _NON_STRING_TEXT.search(body)
+            or _ASCII_ESCAPE.search(body)
+        )
+        per_byte = 1 if text_only else MAX_TOKENS_PER_BYTE
+        return len(body) * per_byte + SCAN_OVERHEAD_TOKENS
+    if endpoint == "ocr":
+        return max(bodies.DOCUMENT_TOKENS, MAX_IMAGE_TOKENS)
+    # The other readers count strings only (and an embedding input's 2 tokens, which its
+    # quotes pay for): no more tokens than bytes.
+    return len(body) + 1
 
 
 @dataclass
@@ -302,6 +457,12 @@ class Estimator:
             exact=False,
         )
 
+    def _raised(self, key: str, tokens: int) -> int:
+        """A bound raised by the learnt correction where it adds tokens (a server template
+        longer than ours, an agent's hidden instructions), so that a bound stays above the
+        exact estimate, which the correction also raises."""
+        return max(tokens, self.correction.apply(key, tokens))
+
     def _history_tokens(self, conversation_id: str | None) -> tuple[int, bool, str | None]:
         if conversation_id is None:
             return 0, True, None
@@ -353,24 +514,37 @@ class Estimator:
                 history_model,
                 False,
             )
-        if not exact and endpoint in _SCANNABLE:
-            scanned = _scan(body)
-            if scanned is not None:
-                max_tokens, streams, model = scanned
-                return Estimate(
-                    len(body) + SCAN_OVERHEAD_TOKENS + history,
-                    default_completion if max_tokens is None else max_tokens,
-                    stream or streams,
-                    endpoint,
-                    conversation_id,
-                    model or history_model,
-                    False,
-                )
+        if len(body) > _WALKED_BYTES and body.count(b",") > MAX_WALKED_VALUES:
+            return Estimate(
+                _unwalked_prompt(endpoint, body) + history,
+                default_completion,
+                stream,
+                endpoint,
+                conversation_id,
+                history_model,
+                False,
+            )
+        scanned = None
+        if endpoint in _SCANNABLE and not exact:
+            scanned = _scan(body, endpoint.startswith("conversations."))
+        if scanned is not None:
+            max_tokens, streams, model = scanned
+            model = model or history_model
+            return Estimate(
+                self._raised(model or endpoint, len(body) + SCAN_OVERHEAD_TOKENS) + history,
+                default_completion if max_tokens is None else max_tokens,
+                stream or streams,
+                endpoint,
+                conversation_id,
+                model,
+                False,
+            )
         try:
             data = json.loads(body)
         except (ValueError, RecursionError):
             # Not JSON (a multipart upload, or garbage the server will refuse).
-            prompt = fallback_count(body.decode("utf-8", "replace")) if generation else 0
+            # Its byte length: decoding would turn each invalid byte into a 3-byte U+FFFD.
+            prompt = len(body) if generation else 0
             return Estimate(
                 prompt + history,
                 default_completion if generation else 0,
@@ -439,7 +613,9 @@ class Estimator:
             and tokenizer_info().get("source") == "tekken"
         )
         body_tokens = prompt
-        prompt = self.correction.apply(key, prompt) if counted_exactly else prompt
+        prompt = (
+            self.correction.apply(key, prompt) if counted_exactly else self._raised(key, prompt)
+        )
         estimate = Estimate(
             prompt_tokens=prompt + history,
             completion_tokens=completion,
@@ -498,8 +674,11 @@ class Estimator:
             self.history.record(str(conversation_id), size, estimate.model)
         if not has_usage or usage is None:
             return
-        # Estimates rebuilt by the caller (e.g. an explicit cost) are judged by their own flag.
-        counted = pending.counted if pending is not None else bool(estimate.exact)
+        if pending is None and estimate.exact:
+            # Not counted here (a cost forced through the request's extensions, or one
+            # rebuilt by the caller): nothing of the estimator's own error to report.
+            return
+        counted = pending is not None and pending.counted
         self.correction.record_error(estimate.prompt_tokens, usage.prompt_tokens, exact=counted)
         if pending is not None and pending.learn:
             self.correction.observe(

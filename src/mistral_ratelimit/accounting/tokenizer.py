@@ -47,7 +47,8 @@ _state: dict[str, Any] = {"source": None, "error": None}
 _failures_logged: set[str] = set()
 
 
-def _load_encoding() -> Any:
+def _load_encoding() -> tuple[Any, dict[str, Any]]:
+    """The encoding, and what ``tokenizer_info`` reports about it."""
     import tiktoken  # imported here: importing tiktoken is not free and may be unnecessary
 
     started = time.perf_counter()
@@ -72,14 +73,14 @@ def _load_encoding() -> Any:
     encoding = tiktoken.Encoding(
         name="tekken", pat_str=header["pattern"], mergeable_ranks=ranks, special_tokens={}
     )
-    _state.update(
-        source="tekken",
-        vocab_source=header.get("source"),
-        n_ranks=rank,
-        num_special_tokens=header.get("num_special_tokens", NUM_SPECIAL_TOKENS),
-        load_seconds=round(time.perf_counter() - started, 4),
-    )
-    return encoding
+    info = {
+        "source": "tekken",
+        "vocab_source": header.get("source"),
+        "n_ranks": rank,
+        "num_special_tokens": header.get("num_special_tokens", NUM_SPECIAL_TOKENS),
+        "load_seconds": round(time.perf_counter() - started, 4),
+    }
+    return encoding, info
 
 
 def _get_encoding() -> Any:
@@ -89,15 +90,19 @@ def _get_encoding() -> Any:
     with _lock:
         if _state["source"] is None:
             try:
-                _encoding = _load_encoding()
+                encoding, info = _load_encoding()
             except Exception as exc:
-                _encoding = None
                 _state.update(source="fallback", error=f"{type(exc).__name__}: {exc}")
                 logger.warning(
                     "mistral_ratelimit: Tekken vocabulary could not be loaded (%s); "
                     "token estimates fall back to UTF-8 byte length (an upper bound)",
                     _state["error"],
                 )
+            else:
+                # The encoding first: the lock-free path above returns ``_encoding`` as
+                # soon as it sees a source, and None there means the byte fallback.
+                _encoding = encoding
+                _state.update(info)
     return _encoding
 
 
