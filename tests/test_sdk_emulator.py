@@ -317,8 +317,9 @@ def test_a_client_survives_two_asyncio_runs(server: Emulator) -> None:
 
 
 def test_sdk_429_after_our_retries_carries_the_note() -> None:
-    # The server allows 1 request a minute; the client believes in far more.
-    with Emulator(requests_per_second=None, requests_per_minute=1) as emu:
+    # The server allows 1 request a second; the client believes in 1000 (it learns the 60
+    # a minute the server reports, which holds nothing back within one second).
+    with Emulator(requests_per_second=1) as emu:
         client, spy, _ = client_for(emu, max_retries=2, base_delay=0.01, max_delay=0.02)
         with client:
             client.beta.conversations.start(inputs="first", model=MODEL)

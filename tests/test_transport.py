@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -941,3 +942,119 @@ def test_rate_limit_headers_of_successes_are_sampled(
     assert limiter.adopted == (4 if interval == 0 else 2)
     s = limiter.stats()
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(28 + 28 + 33)
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_a_stream_dropped_unclosed_gives_its_slot_back(rig: Rig, started: bool) -> None:
+    """An SDK event stream the caller abandons (never read to the end, never closed) must
+    not hold its in-flight slot for ever: with max_concurrency=1 the next call would hang."""
+    import gc
+
+    lib = rig.lib
+    cfg = config(max_concurrency=1)
+    limiter = RateLimiter(cfg)
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200, headers={"content-type": "text/event-stream"}, content=iter([STREAM])
+        ),
+    )
+    with rig.sync_client(script, limiter, cfg) as client:
+        request = client.build_request(
+            "POST", "/v1/conversations", json=dict(START_BODY, stream=True)
+        )
+        response = client.send(request, stream=True)
+        if started:
+            chunks = response.iter_raw()
+            next(chunks)
+            del chunks
+        del response
+        gc.collect()
+        assert limiter.stats().in_flight == 0
+        done: list[int] = []
+        worker = threading.Thread(
+            target=lambda: done.append(
+                client.post("/v1/conversations", json=START_BODY).status_code
+            )
+        )
+        worker.start()
+        worker.join(timeout=10)
+    assert done == [200]
+    s = limiter.stats()
+    # The abandoned stream stays charged for its prompt at least; nothing is left in flight.
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged > 28
+    assert s.in_flight == 0
+
+
+def test_an_async_stream_dropped_unclosed_gives_its_slot_back(rig: Rig) -> None:
+    import gc
+
+    lib = rig.lib
+    cfg = config(max_concurrency=1)
+    limiter = RateLimiter(cfg)
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200, headers={"content-type": "text/event-stream"}, content=STREAM
+        ),
+        ok_json(lib),
+    )
+
+    async def main() -> int:
+        async with rig.async_client(script, limiter, cfg) as client:
+            request = client.build_request(
+                "POST", "/v1/conversations", json=dict(START_BODY, stream=True)
+            )
+            response = await client.send(request, stream=True)
+            del response
+            gc.collect()
+            with anyio.fail_after(10):
+                return (await client.post("/v1/conversations", json=START_BODY)).status_code
+
+    assert anyio.run(main) == 200
+    assert limiter.stats().in_flight == 0
+
+
+def test_a_cut_stream_is_charged_what_streamed_whatever_the_query_cost(rig: Rig) -> None:
+    lib = rig.lib
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    text = "x" * 500
+    cut = sse(
+        ("conversation.response.started", {"type": "conversation.response.started"}),
+        ("message.output.delta", {"type": "message.output.delta", "content": text}),
+    )
+    script = Script(
+        lib,
+        lambda req: lib.Response(
+            200,
+            # Sent with the headers, before any output: it cannot count what came after.
+            headers={"content-type": "text/event-stream", "x-ratelimit-tokens-query-cost": "4"},
+            content=iter([cut]),
+        ),
+    )
+    body = dict(START_BODY, stream=True, completion_args={"max_tokens": 1000})
+    with (
+        rig.sync_client(script, limiter, cfg) as client,
+        client.stream("POST", "/v1/conversations", json=body) as r,
+    ):
+        r.read()
+    s = limiter.stats()
+    assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged >= 500  # not 4
+
+
+def test_a_429_with_the_month_nearly_spent_fails_fast(rig: Rig) -> None:
+    lib = rig.lib
+    cfg = config(max_retries=5)
+    limiter = RateLimiter(cfg)
+    month = {
+        "x-ratelimit-limit-tokens-month": "2000",
+        "x-ratelimit-remaining-tokens-month": "194",
+        "retry-after-ms": "1",
+    }
+    script = Script(lib, too_many(lib, month))
+    with rig.sync_client(script, limiter, cfg) as client, pytest.raises(BudgetExhausted) as info:
+        body = dict(START_BODY, completion_args={"max_tokens": 1000})
+        client.post("/v1/conversations", json=body)  # may need 1000 tokens of output alone
+    assert len(script.calls) == 1  # not retried: the month cannot hold it
+    assert "194 tokens left this month" in str(info.value)

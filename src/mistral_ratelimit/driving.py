@@ -7,6 +7,7 @@ the same ``read``/``close``/``aread``/``aclose`` and transports the same ``handl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -117,6 +118,22 @@ class ObservedStreamBase:
         self._observer = observer
         self._limiter = limiter
 
+    def _finish_later(self) -> bool:
+        """Hand the settlement to the limiter's next call, if it can take it (see
+        ``RateLimiter.settle_later``): for a stream finalized by the garbage collector,
+        which may run inside one of the limiter's own locks."""
+        later = getattr(self._limiter, "settle_later", None)
+        if self._observer.finished or not callable(later):
+            return False
+        later(self._observer.reservation, self._observer.abandon())
+        return True
+
+    def __del__(self) -> None:
+        # Dropped without being closed or read to the end (an abandoned SDK event stream):
+        # its in-flight slot must still come back, or a max_concurrency client hangs.
+        with contextlib.suppress(Exception):
+            self._finish_later()
+
 
 class ObservedSyncStream(ObservedStreamBase):
     """Yields the inner stream's bytes unchanged, as they come, while the observer reads
@@ -127,8 +144,13 @@ class ObservedSyncStream(ObservedStreamBase):
             for chunk in self._inner:
                 self._observer.feed(chunk)
                 yield chunk
+        except GeneratorExit:
+            # The iterator was abandoned and is being finalized (perhaps by the collector).
+            self._finish_later()
+            raise
         finally:
-            drive_sync(self._observer.finish(), self._limiter, no_send)
+            if not self._observer.finished:
+                drive_sync(self._observer.finish(), self._limiter, no_send)
 
     def close(self) -> None:
         try:

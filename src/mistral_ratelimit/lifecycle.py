@@ -192,7 +192,8 @@ class Lifecycle:
     def estimate(self, req: RequestView) -> Estimate:
         if req.options.cost is not None:
             base = self.estimator.estimate(req.method, req.path, None, req.headers, exact=False)
-            return replace(base, prompt_tokens=req.options.cost, completion_tokens=0, exact=True)
+            # The caller's number, not a count: it must not feed the estimate-error figures.
+            return replace(base, prompt_tokens=req.options.cost, completion_tokens=0, exact=False)
         cheap = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
         room = self._token_room() if self._token_room is not None else None
         self._estimates += 1
@@ -297,9 +298,15 @@ class Lifecycle:
         yield Call("release", (res,))
         can_retry = attempt < max_retries and req.replayable
         if kind is ErrorClass.RATE_LIMITED:
-            if view.zero_limit or view.month_exhausted:
+            month_left = view.month_remaining
+            if view.zero_limit or (month_left is not None and month_left < est.total):
                 yield Close(response)
-                what = "a limit of 0" if view.zero_limit else "the monthly token budget is spent"
+                what = (
+                    "a limit of 0"
+                    if view.zero_limit
+                    else f"{month_left:g} tokens left this month, and this request may need "
+                    f"{est.total}"
+                )
                 raise BudgetExhausted(f"{status} from the server with {what}; not retrying")
             wait = retry_after_seconds(headers)
             if wait is None:
@@ -445,19 +452,27 @@ class BodyObserver:
         if usage is not None and usage.total > 0:
             return float(min(usage.total, self._credible_max())), usage, conversation_id
         view = self._view if self._view is not None else parse_ratelimit_headers(self._headers)
-        if view.query_cost is not None:
-            return float(min(view.query_cost, self._credible_max())), usage, conversation_id
-        if (self._sse is not None and self._sse.failed) or (
-            self._json is not None and self._json.failed
-        ):
-            # Unreadable (an encoding we cannot decode, corrupt, oversized): keep all of it.
-            return float(est.total), None, conversation_id
+        cost = None if view.query_cost is None else min(view.query_cost, self._credible_max())
         if self._sse is not None:
-            # Cut or closed before usage: charge the prompt and what streamed so far (a
-            # character is never less than a token), never refund to zero.
-            streamed = min(est.completion_tokens, streamed_chars)
-            return float(est.prompt_tokens + streamed), None, conversation_id
+            if self._sse.failed:  # an encoding we cannot decode, or corrupt: keep all of it
+                return float(est.total), None, conversation_id
+            # Cut or closed before usage: the prompt and what streamed so far (a character is
+            # never less than a token), never less. A query cost, sent with the headers before
+            # any output, cannot know what came after.
+            streamed = est.prompt_tokens + min(est.completion_tokens, streamed_chars)
+            return float(max(streamed, cost or 0)), None, conversation_id
+        if cost is not None:
+            return float(cost), usage, conversation_id
         return float(est.total), None, conversation_id
+
+    def abandon(self) -> float:
+        """Finish without settling: the tokens to settle to, computed without taking any
+        lock or learning anything (for a stream dropped unclosed, see ``driving``)."""
+        self.finished = True
+        try:
+            return self.actual_tokens()[0]
+        except Exception:  # pragma: no cover - actual_tokens promises not to raise
+            return float(self.estimate.total)
 
     def _credible_max(self) -> int:
         """A bound on believable usage: a bogus ``total_tokens`` of 10**20 must not lock a

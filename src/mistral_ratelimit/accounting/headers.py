@@ -192,6 +192,7 @@ def _server_view(pairs: list[tuple[str, str]]) -> ServerView:
     observed: list[ObservedLimit] = []
     zero_limit = False
     month_exhausted = False
+    month_remaining = None
     for (unit, window), fields in seen.items():
         limit = fields["limit"][1] if "limit" in fields else None
         remaining = fields["remaining"][1] if "remaining" in fields else None
@@ -199,12 +200,13 @@ def _server_view(pairs: list[tuple[str, str]]) -> ServerView:
             remaining = None
         if limit == 0:
             zero_limit = True
-        if unit == "tokens" and window == SECONDS_PER_MONTH and remaining == 0:
-            month_exhausted = True
+        if unit == "tokens" and window == SECONDS_PER_MONTH:
+            month_remaining = remaining
+            month_exhausted = remaining == 0
         observed.append(ObservedLimit(unit, window, limit, remaining))
     observed.sort(key=lambda o: (o.unit, o.per_seconds))
     query_cost = int(cost[1]) if cost is not None and cost[1].is_integer() else None
-    return ServerView(observed, query_cost, zero_limit, month_exhausted)
+    return ServerView(observed, query_cost, zero_limit, month_exhausted, month_remaining)
 
 
 def _delta_seconds(value: str) -> float | None:

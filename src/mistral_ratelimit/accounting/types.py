@@ -60,6 +60,7 @@ class ServerView:
     query_cost: int | None = None
     zero_limit: bool = False  # some x-ratelimit-limit-* is 0: never allowed, do not retry
     month_exhausted: bool = False  # remaining tokens this month is 0
+    month_remaining: float | None = None  # tokens left this month, when the server says
 
 
 class ErrorClass(enum.Enum):

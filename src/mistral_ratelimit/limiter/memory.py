@@ -103,6 +103,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         # and paces callers that poll delay() themselves.
         self._poll = poll_interval
         self._woken: list[Reservation] = []  # promoted under the lock, woken after it
+        self._orphans: collections.deque[tuple[Reservation, float]] = collections.deque()
         self._lock = threading.Lock()
         self._tail = -math.inf
         self._generation = 0  # bumped by every anchor that moved a request
@@ -147,12 +148,18 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     # -- booking -------------------------------------------------------------------------
     def _cost(self, w: WindowState, res: Reservation) -> float:
-        return res.requests if w.limit.unit == "requests" else res.tokens
+        cost = res.requests if w.limit.unit == "requests" else res.tokens
+        # Only a window the user did not set can be smaller than one request (see
+        # _check_fits): the request then waits for that window to be empty, and goes.
+        return cost if cost <= w.limit.amount else w.limit.amount
 
     def _check_fits(self, res: Reservation) -> None:
-        for w in self._windows:
-            cost = self._cost(w, res)
-            if cost > w.limit.amount:
+        """A request larger than a window the user set can never go. A window the limiter
+        assumed (a tier default) or learnt from a header is not held against it: the user's
+        real limit may be larger, and the next response says so."""
+        for w, explicit in zip(self._windows, self._explicit, strict=True):
+            cost = res.requests if w.limit.unit == "requests" else res.tokens
+            if explicit and cost > w.limit.amount:
                 raise RequestTooLarge(cost, w.limit.amount, w.limit.per_seconds, w.limit.unit)
 
     def _schedule(self, res: Reservation, now: float, not_before: float = -math.inf) -> None:
@@ -190,11 +197,16 @@ class RateLimiter(SyncBackedAsyncMixin):
         """
         key = res.slots.get(w.ident)
         if key is None and self._successors:
-            for ident, old_key in list(res.slots.items()):
+            # Follow each booked window through every discovery since (usually one).
+            trail = list(res.slots.items())
+            while trail:
+                ident, old_key = trail.pop()
                 for successor, width in self._successors.get(ident, ()):
+                    carried = successor.slot_of((old_key + 1) * width)
                     if successor is w:
-                        key = res.slots[w.ident] = w.slot_of((old_key + 1) * width)
-                        return key
+                        res.slots[w.ident] = carried
+                        return carried
+                    trail.append((successor.ident, carried))
         return key
 
     def _unbook(self, res: Reservation) -> None:
@@ -253,6 +265,8 @@ class RateLimiter(SyncBackedAsyncMixin):
         res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
         res.priority = int(priority) if isinstance(priority, int) else 0
         with self._lock:
+            if self._orphans:
+                self._settle_orphans()
             # Under the lock: discovery may have just replaced the windows.
             self._check_fits(res)
             now = self._clock()
@@ -306,6 +320,8 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._wake_promoted()
 
     def _delay_locked(self, res: Reservation) -> float:
+        if self._orphans:  # a queued caller polls: a dropped stream's slot frees for it
+            self._settle_orphans()
         now = self._clock()
         if res.state is State.QUEUED:
             return self._poll
@@ -374,27 +390,44 @@ class RateLimiter(SyncBackedAsyncMixin):
         except ValueError:
             return  # a broken usage report keeps the estimate charged
         with self._lock:
-            if res.settled or res.state in (State.CANCELLED, State.QUEUED):
-                return
-            res.settled = True
-            diff = actual - res.tokens
-            if diff == 0:
-                return
-            now = self._clock()
-            for w in self._windows:
-                if w.limit.unit != "tokens":
-                    continue
-                key = self._slot(w, res)
-                if key is not None and w.has_slot(key):
-                    w.add_to_slot(key, diff)
-                elif diff > 0:
-                    w.add(now, diff)  # its slot expired (or was replaced): count from now
-            # Counted once per reservation, however many token windows it sits in.
-            if diff > 0:
-                self._s["tokens_charged"] += diff
-            else:
-                self._s["tokens_refunded"] -= diff
-            res.tokens = actual
+            self._settle_locked(res, actual)
+
+    def _settle_locked(self, res: Reservation, actual: float) -> None:
+        if res.settled or res.state in (State.CANCELLED, State.QUEUED):
+            return
+        res.settled = True
+        diff = actual - res.tokens
+        if diff == 0:
+            return
+        now = self._clock()
+        for w in self._windows:
+            if w.limit.unit != "tokens":
+                continue
+            key = self._slot(w, res)
+            if key is not None and w.has_slot(key):
+                w.add_to_slot(key, diff)
+            elif diff > 0:
+                w.add(now, diff)  # its slot expired (or was replaced): count from now
+        # Counted once per reservation, however many token windows it sits in.
+        if diff > 0:
+            self._s["tokens_charged"] += diff
+        else:
+            self._s["tokens_refunded"] -= diff
+        res.tokens = actual
+
+    def settle_later(self, res: Reservation, actual_tokens: float) -> None:
+        """Settle and release ``res`` at the limiter's next call. For finalizers: one may run
+        while this very thread holds the lock (the garbage collector runs anywhere), so
+        this takes no lock; appending to a deque is atomic."""
+        self._orphans.append((res, actual_tokens))
+
+    def _settle_orphans(self) -> None:
+        """Under the lock: what finalizers handed over (see ``settle_later``)."""
+        while self._orphans:
+            res, actual = self._orphans.popleft()
+            with contextlib.suppress(ValueError):
+                self._settle_locked(res, clean_amount(actual, "actual_tokens"))
+            self._release_locked(res)
 
     def release(self, res: Reservation) -> None:
         """Free the in-flight slot (the response was closed)."""
@@ -580,37 +613,40 @@ class RateLimiter(SyncBackedAsyncMixin):
                             w.add(now, excess)
 
     def _discover(self, observed: list[ObservedLimit]) -> None:
+        """Replace the windows the user did not set by those the server reports.
+
+        Every report may change them (a tier upgrade, or a wrong header corrected by the
+        next response); a window length the user set keeps the user's limit. Requests
+        already booked count in the new windows too (see ``_slot``).
+        """
         for unit in ("requests", "tokens"):
-            reported = [
-                o
-                for o in observed
-                if o.unit == unit
-                and o.limit
-                and o.limit > 0
-                and math.isfinite(o.limit)
-                and o.per_seconds < LONG_WINDOW_SECONDS
-            ]
             mine = [i for i, w in enumerate(self._windows) if w.limit.unit == unit]
-            if not reported or any(self._explicit[i] for i in mine):
+            kept = {self._windows[i].limit.per_seconds for i in mine if self._explicit[i]}
+            wanted = [
+                lim
+                for o in observed
+                if o.unit == unit and o.limit and o.limit > 0 and math.isfinite(o.limit)
+                for lim in discovered_limits(unit, o.limit, o.per_seconds)
+                if not any(math.isclose(lim.per_seconds, seconds) for seconds in kept)
+            ]
+            dropped = [self._windows[i] for i in mine if not self._explicit[i]]
+            if not wanted or {w.limit for w in dropped} == set(wanted):
                 continue
-            dropped = [self._windows[i] for i in mine]
-            keep = [i for i in range(len(self._windows)) if i not in mine]
+            keep = [i for i in range(len(self._windows)) if self._windows[i] not in dropped]
             self._windows = [self._windows[i] for i in keep]
             self._explicit = [self._explicit[i] for i in keep]
-            for o in reported:
-                assert o.limit is not None
-                for lim in discovered_limits(unit, o.limit, o.per_seconds):
-                    w = WindowState(lim, self._margin)
-                    # Requests already booked (some still waiting to go) count in the new
-                    # window too, at their slot's end: later than they went, so for at
-                    # least as long.
-                    for old in dropped:
-                        for key, amount in old.slots.items():
-                            if amount > 0:
-                                w.add((key + 1) * old.width, amount)
-                        self._successors.setdefault(old.ident, []).append((w, old.width))
-                    self._windows.append(w)
-                    self._explicit.append(True)
+            for lim in dict.fromkeys(wanted):
+                w = WindowState(lim, self._margin)
+                # Requests already booked (some still waiting to go) count in the new
+                # window too, at their slot's end: later than they went, so for at least
+                # as long.
+                for old in dropped:
+                    for key, amount in old.slots.items():
+                        if amount > 0:
+                            w.add((key + 1) * old.width, amount)
+                    self._successors.setdefault(old.ident, []).append((w, old.width))
+                self._windows.append(w)
+                self._explicit.append(False)
             self._horizon_for = None
 
     def record_estimate(self, estimated: float, actual: float) -> None:
@@ -619,6 +655,8 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def stats(self) -> LimiterStats:
         with self._lock:
+            if self._orphans:
+                self._settle_orphans()
             return self._s.snapshot(
                 in_flight=self._inflight,
                 queued=len(self._queue),
