@@ -423,7 +423,7 @@ def test_queued_waiters_sleep_until_a_release_wakes_them() -> None:
         for f in futures:
             f.result(timeout=30)
     # 120 hand-overs, each woken by the release before it (a missed wake-up would cost the
-    # 1 s safety interval).
+    # 5 s safety interval).
     assert time.monotonic() - started < 10
     assert sorted(set(done)) == ["asyncio", "thread", "trio"] and len(done) == 3 * per_kind
     assert limiter.stats().in_flight == 0

@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from conftest import FakeClock
 from mistral_ratelimit.config import Limit, RatelimitConfig
 from mistral_ratelimit.errors import BackendUnavailable, BudgetExhausted
-from mistral_ratelimit.limiter import ObservedLimit, State, acquire
+from mistral_ratelimit.limiter import ObservedLimit, State, aacquire, acquire
 from mistral_ratelimit.redis import RedisRateLimiter
 from mistral_ratelimit.redis.scripts import Keys
 from redis_server import RedisServer, fresh_key, shared_server
@@ -686,3 +686,55 @@ def test_every_key_gets_its_ttl_again_after_another_expired(
     for i, step in enumerate(every_script_path(server, key, FakeClock(), r)):
         keys = assert_every_key_expires(r, key, step)
         r.delete(sorted(keys)[i % len(keys)])
+
+
+def test_queued_waiters_back_off_instead_of_polling(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 callers queued behind a held slot: those near the front ask every queue_poll,
+    the others back off (at the old fixed 20 ms, 1.5 s cost 4,500 script calls)."""
+    lim = make(server, fresh_key(), [Limit(10_000, 1.0, "requests")], max_concurrency=1)
+    checks = [0]
+    real = lim._call_async
+
+    async def counting(step: Any) -> Any:
+        if getattr(step, "script", None) == "check":
+            checks[0] += 1
+        return await real(step)
+
+    monkeypatch.setattr(lim, "_call_async", counting)
+
+    async def main() -> None:
+        holder = await aacquire(lim, 0)
+        async with anyio.create_task_group() as tg:
+            for _ in range(60):
+                tg.start_soon(aacquire, lim, 0)
+            while lim.local_stats().queued < 60:
+                await anyio.sleep(0.01)
+            before = checks[0]
+            await anyio.sleep(1.5)
+            assert checks[0] - before < 900
+            tg.cancel_scope.cancel()
+        await lim.arelease(holder)
+
+    anyio.run(main)
+
+
+def test_a_queue_keeps_moving_at_the_pace_of_its_releases(server: RedisServer) -> None:
+    """Backing off must not starve the cap: 30 callers through one slot, each holding it
+    20 ms, finish in about 30 hand-overs, not 30 backed-off sleeps."""
+    lim = make(server, fresh_key(), [Limit(10_000, 1.0, "requests")], max_concurrency=1)
+
+    async def one() -> None:
+        res = await aacquire(lim, 0)
+        await anyio.sleep(0.02)
+        await lim.arelease(res)
+
+    async def main() -> float:
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(one)
+        return time.monotonic() - started
+
+    assert anyio.run(main) < 10.0

@@ -83,7 +83,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         max_concurrency: int | None = None,
         window_margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
     ) -> None:
         cfg = config if config is not None else RatelimitConfig.from_env()
         pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
