@@ -738,3 +738,32 @@ def test_a_queue_keeps_moving_at_the_pace_of_its_releases(server: RedisServer) -
         return time.monotonic() - started
 
     assert anyio.run(main) < 10.0
+
+
+def test_the_local_mode_needs_its_share_of_the_budget(server: RedisServer) -> None:
+    """A default of the whole budget would let N workers in ``local`` mode spend N times it."""
+    with pytest.raises(ValueError, match="local_share"):
+        make(server, fresh_key(), [Limit(10, 1.0, "requests")], on_backend_error="local")
+    lim = make(
+        server,
+        fresh_key(),
+        [Limit(10, 1.0, "requests")],
+        on_backend_error="local",
+        local_share=0.25,
+    )
+    assert lim.backend_error_mode == "local"
+
+
+@pytest.mark.parametrize(
+    ("limits", "lease"),
+    [
+        ([Limit(40, 1.0, "requests"), Limit(4000, 60.0, "tokens")], 2.0),  # the floor
+        ([Limit(100, 10.0, "requests"), Limit(4000, 60.0, "tokens")], 10.0),  # the shortest
+        ([Limit(4000, 60.0, "tokens"), Limit(10**6, 2_592_000.0, "tokens")], 30.0),  # the cap
+    ],
+)
+def test_the_default_lease_follows_the_shortest_window(
+    server: RedisServer, limits: list[Limit], lease: float
+) -> None:
+    assert make(server, fresh_key(), limits).lease_seconds == lease
+    assert make(server, fresh_key(), limits, lease_seconds=7.0).lease_seconds == 7.0

@@ -97,7 +97,7 @@ limiter = RedisRateLimiter(
     url, config=RatelimitConfig(api_key="sk-t"), key=key,
     limits=[Limit(40, 1.0, "requests"), Limit(4000, 1.0, "tokens")],
     window_margin=float(margin), max_concurrency=int(sys.argv[7]) or None,
-    lease_seconds=float(sys.argv[8]),
+    lease_seconds=float(sys.argv[8]) or None,  # 0: the default
 )
 
 async def one(rng):
@@ -137,7 +137,7 @@ def spawn(
     each: int,
     margin: float,
     cap: int = 0,
-    lease: float = 30.0,
+    lease: float = 0.0,
 ) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
@@ -182,11 +182,14 @@ def test_four_processes_of_sixteen_tasks_stay_inside_the_servers_window(
 
 
 def test_a_killed_process_gives_the_budget_back_within_a_window(api: CountingServer) -> None:
+    """With the default lease: the shortest window (1 s here), at least 2 s."""
     server = shared_server()
     key = fresh_key()
-    lease = 0.5
+    limits = [Limit(40, 1.0, "requests"), Limit(4000, 1.0, "tokens")]
+    lease = RedisRateLimiter(server.url, config=RatelimitConfig(), limits=limits).lease_seconds
+    assert lease == 2.0
     # 200 tasks at 40 a window: its waiters are booked up to 5 windows ahead.
-    hog = spawn(server.url, key, api.port, 200, 50, margin=0.0, lease=lease)
+    hog = spawn(server.url, key, api.port, 200, 50, margin=0.0)
     assert hog.stdout is not None
     assert hog.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 30
@@ -200,7 +203,7 @@ def test_a_killed_process_gives_the_budget_back_within_a_window(api: CountingSer
         server.url,
         config=RatelimitConfig(api_key="sk-t"),
         key=key,
-        limits=[Limit(40, 1.0, "requests"), Limit(4000, 1.0, "tokens")],
+        limits=limits,
         window_margin=0.0,
         on_backend_error="fail",
     )
@@ -226,6 +229,7 @@ def _restart_run(srv: RedisServer, mode: str) -> None:
         limits=[Limit(1000, 1.0, "requests")],
         window_margin=0.0,
         on_backend_error=mode,  # type: ignore[arg-type]
+        local_share=0.5 if mode == "local" else None,
         probe_interval=0.1,
     )
     grants: list[tuple[float, str]] = []

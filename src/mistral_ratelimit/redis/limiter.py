@@ -49,6 +49,9 @@ BackendErrorMode = Literal["wait", "local", "fail"]
 #: A ``reserve`` reply answers the ``delay()`` that follows within this many seconds; later,
 #: ``delay()`` asks Redis again (a pause may have arrived since).
 HINT_SECONDS = 0.05
+#: Bounds of the default lease (see _default_lease).
+LEASE_FLOOR_SECONDS = 2.0
+LEASE_CEILING_SECONDS = 30.0
 #: Longest sleep of a caller far back in the concurrency queue (see _queued_wait).
 QUEUE_POLL_MAX = 2.0
 #: Redis errors that mean "not reachable now" rather than "a bug in a script".
@@ -65,6 +68,21 @@ def _is_backend_error(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
         _TRANSIENT_REPLIES
     )
+
+
+def _default_lease(limits: Iterable[Limit]) -> float:
+    """The shortest (non-monthly) window, within [2 s, 30 s].
+
+    A dead process's waiting places come back when their lease lapses, so a lease as long as
+    the shortest window gives them back within about one window of its death. The floor
+    keeps a live process from looking dead: the heartbeat renews every third of a lease, so
+    a process stalled (GC, a starved thread) for two thirds of it loses its places (they book
+    again, behind) and its in-flight slots (others may take them). The ceiling bounds how
+    long a dead process's in-flight slots stay taken.
+    """
+    short = [lim.per_seconds for lim in limits if lim.per_seconds < LONG_WINDOW_SECONDS]
+    shortest = min(short, default=LEASE_CEILING_SECONDS)
+    return min(LEASE_CEILING_SECONDS, max(LEASE_FLOOR_SECONDS, shortest))
 
 
 def _text(value: Any) -> str:
@@ -157,8 +175,8 @@ class RedisRateLimiter:
 
     * ``"wait"``: keep the request waiting and retry with backoff (up to
       ``backend_timeout`` seconds, if set, then raise :class:`BackendUnavailable`);
-    * ``"local"``: fall back to an in-memory limiter holding ``local_share`` of every limit,
-      and go back to Redis when it answers again;
+    * ``"local"``: fall back to an in-memory limiter holding ``local_share`` of every limit
+      (required: 1 / the number of workers), and go back to Redis when it answers again;
     * ``"fail"``: raise :class:`BackendUnavailable` at once.
 
     A request is never admitted without a reservation in Redis, unless ``"local"`` is set.
@@ -180,9 +198,9 @@ class RedisRateLimiter:
         max_concurrency: int | None = None,
         window_margin: float | None = None,
         on_backend_error: BackendErrorMode = "wait",
-        local_share: float = 1.0,
+        local_share: float | None = None,
         backend_timeout: float | None = None,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
         queue_poll: float = 0.02,
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
@@ -195,10 +213,18 @@ class RedisRateLimiter:
             raise ValueError(
                 f"on_backend_error must be 'wait', 'local' or 'fail', got {on_backend_error!r}"
             )
-        if not (isinstance(local_share, (int, float)) and 0 < local_share <= 1):
+        if on_backend_error == "local" and local_share is None:
+            # Every worker would fall back to the whole budget: N workers, N times the quota.
+            raise ValueError(
+                "on_backend_error='local' needs local_share=: this process's fraction of "
+                "every limit while Redis is away (1 / the number of workers sharing the key)"
+            )
+        if local_share is not None and not (
+            isinstance(local_share, (int, float)) and 0 < local_share <= 1
+        ):
             raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
         for name, value in (
-            ("lease_seconds", lease_seconds),
+            ("lease_seconds", 1.0 if lease_seconds is None else lease_seconds),
             ("queue_poll", queue_poll),
             ("socket_timeout", socket_timeout),
             ("connect_timeout", connect_timeout),
@@ -215,9 +241,9 @@ class RedisRateLimiter:
         self._set_specs()
         self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
         self._mode: BackendErrorMode = on_backend_error
-        self._share = float(local_share)
+        self._share = float(local_share or 1.0)
         self._backend_timeout = backend_timeout
-        self._lease = float(lease_seconds)
+        self._lease = float(lease_seconds or _default_lease(self._limits))
         self._queue_lease = max(5.0, 20 * queue_poll)
         self._poll = float(queue_poll)
         # A queued waiter must ask again well within its queue lease, or it drops out.
@@ -289,6 +315,11 @@ class RedisRateLimiter:
     @property
     def backend_error_mode(self) -> BackendErrorMode:
         return self._mode
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a dead process's in-flight slots and waiting places outlive it."""
+        return self._lease
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{lim.amount:g} {lim.unit}/{lim.per_seconds:g}s" for lim in self._limits)
