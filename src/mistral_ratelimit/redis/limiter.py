@@ -808,8 +808,11 @@ class RedisRateLimiter:
             if status == "granted":
                 # It goes now, late: counted from ``at``, in these slots (due_at stays: the
                 # booked time, from which anchor() measures the lag).
-                res.at = at
-                res.slots = {i: int(float(k)) for i, k in enumerate(reply[5 : 5 + len(b.specs)])}
+                slots = {i: int(float(k)) for i, k in enumerate(reply[5 : 5 + len(b.specs)])}
+                with self._lock:
+                    if slots != res.slots:  # moved, as by an anchor: no hint holds any more
+                        self._rebook_gen += 1
+                    res.at, res.slots = at, slots
             elif at > now:
                 return at - now
             b.counted = True

@@ -43,11 +43,12 @@ if not lost then
       at, slots, relocated = rat, rslots, true
     end
   else
-    local mat, mslots = read_mark()
+    local mat, mslots, mgen = read_mark()
     if mat and (ARGV[13] == '1' or mat ~= at) then
       -- Granted by an earlier call whose reply never arrived: the same answer again.
       return done(booked_reply('granted', mat, mslots))
     end
+    if mat then rgen = mgen end  -- booked for "now": the generation it was booked against
     -- Held ahead of now but gone: reaped (its owner looked dead: no lease renewal for a
     -- whole lease), or dropped by a re-booking that hit a monthly budget. It books again
     -- rather than go uncounted.
@@ -55,7 +56,7 @@ if not lost then
   end
 end
 local late = S.now - at > margin
-if not lost and S.pause <= at and (late or (held and rgen ~= S.gen)) then
+if not lost and S.pause <= at and (late or rgen ~= S.gen) then
   if not still_fits(ws, slots, at, tokens, requests) then
     -- A request granted before it left late (an anchor), or this one asks late itself: this
     -- booking and every one after it move back, in order.

@@ -21,7 +21,7 @@
 --                      them, in arrival order (seq breaks ties of at). This record, not the
 --                      owner's copy, is the booking while it waits.
 -- KEYS[9] string       (reserve, check, cancel, anchor, settle) the booking's marker,
---                      "at slot1 ... slotn", for MARK_TTL_MS once it is due or granted: where
+--                      "at gen slot1 ... slotn", for MARK_TTL_MS once it is due or granted: where
 --                      its charge sits when no waiting record holds it, so that a cancel, or a
 --                      call retried after its reply was lost, finds it (and gives it back or
 --                      answers the same once, never twice).
@@ -448,19 +448,21 @@ local function take_lease(member, lease)
   expire(KEYS[3], lease * 1000 + SLACK_MS)
 end
 
--- The booking's marker (KEYS[9]): where a due or granted booking's charge sits.
+-- The booking's marker (KEYS[9]): where a due or granted booking's charge sits, and the
+-- generation it was checked against (as a waiting record's, see check.lua).
 local function mark(at, slots)
-  local out = {fmt(at)}
+  local out = {fmt(at), tostring(S.gen)}
   for i = 1, #slots do out[#out + 1] = fmt(slots[i]) end
   redis.call('SET', KEYS[9], table.concat(out, ' '), 'PX', MARK_TTL_MS)
 end
 
+-- at, slots, gen; nil without a marker.
 local function read_mark()
   local v = redis.call('GET', KEYS[9])
   if not v then return nil end
   local n = numbers(v)
-  local at = table.remove(n, 1)
-  return at, n
+  local at, gen = table.remove(n, 1), table.remove(n, 1)
+  return at, n, gen
 end
 
 -- A booking ahead of now is held for its owner by a lease the owner keeps renewing; if the
