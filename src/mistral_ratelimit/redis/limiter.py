@@ -550,6 +550,7 @@ class RedisRateLimiter:
             self._queue_lease_arg,
             b.spec,
             self._epoch,
+            "1" if b.unsure else "0",  # still unsure from a failed attempt: a retry
         )
 
     def _new_booking(self, tokens: float, requests: float) -> tuple[Reservation, _Booking]:
@@ -573,10 +574,9 @@ class RedisRateLimiter:
                     yield from self._recovery_steps()
                 # Retried with the same member after an ambiguous failure: the script
                 # answers with the booking the first attempt made, if it ran.
+                args = self._reserve_args(res, b)
                 b.unsure = True
-                reply = _text(
-                    (yield _Eval("reserve", self._reserve_args(res, b), b.member))
-                ).split()
+                reply = _text((yield _Eval("reserve", args, b.member))).split()
                 b.unsure = False
                 if reply[0] == "epoch":
                     yield from self._recharge_op(reply[3])

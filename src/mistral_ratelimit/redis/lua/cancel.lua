@@ -25,7 +25,7 @@ if ARGV[6] == '1' and (ARGV[5] == S.epoch or mode ~= 's') then
   end
 end
 drop_ahead(member)
-redis.call('DEL', KEYS[9])
+redis.call('SET', KEYS[9], CANCELLED, 'PX', MARK_TTL_MS)
 -- Its in-flight lease, if it took one (a booking promoted or made by a lost reply too).
 redis.call('ZREM', KEYS[3], member)
 stat('requests_cancelled', 1)

@@ -456,10 +456,14 @@ local function mark(at, slots)
   redis.call('SET', KEYS[9], table.concat(out, ' '), 'PX', MARK_TTL_MS)
 end
 
+-- What a cancel leaves in the marker: a call abandoned by its caller that reaches Redis
+-- after its cancel (on another connection) must not book.
+local CANCELLED = '-'
+
 -- at, slots, gen; nil without a marker.
 local function read_mark()
   local v = redis.call('GET', KEYS[9])
-  if not v then return nil end
+  if not v or v == CANCELLED then return nil end
   local n = numbers(v)
   local at, gen = table.remove(n, 1), table.remove(n, 1)
   return at, n, gen
@@ -499,13 +503,13 @@ local function expire_ahead(lease)
 end
 
 -- Its waiting record is the booking from now on: a marker left from when it was due (a
--- booking moved behind a pause) would be a second, stale copy.
+-- booking moved behind a pause) would be a second, stale copy (S.unmarked: known to be none).
 local function hold_ahead(member, ws, slots, tokens, requests, lease, at)
   local seq = state_incr('seq')
   redis.call('ZADD', KEYS[7], fmt(S.now + lease), member)
   redis.call('HSET', KEYS[8], member, ahead_blob(ws, slots, tokens, requests, at, seq, S.gen))
   expire_ahead(lease)
-  redis.call('DEL', KEYS[9])
+  if not S.unmarked then redis.call('DEL', KEYS[9]) end
 end
 
 local function drop_ahead(member)
