@@ -767,3 +767,20 @@ def test_the_default_lease_follows_the_shortest_window(
 ) -> None:
     assert make(server, fresh_key(), limits).lease_seconds == lease
     assert make(server, fresh_key(), limits, lease_seconds=7.0).lease_seconds == 7.0
+
+
+def test_a_promotion_whose_reply_is_lost_is_the_one_asked_again(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, clock = fresh_key(), FakeClock()
+    lim = make(server, key, [Limit(100, 10.0, "requests")], clock, max_concurrency=1)
+    running, queued = lim.reserve(0), lim.reserve(0)
+    assert lim.delay(running) == 0.0 and lim.delay(queued) > 0
+    lim.release(running)
+    lose_reply(lim, "check", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        lim.delay(queued)  # promoted in Redis; the answer never arrives
+    assert lim.delay(queued) == 0.0  # the same promotion, with its in-flight lease
+    assert lim.stats().in_flight == 1
+    lim.release(queued)  # gives the lease back: the next one goes at once
+    assert lim.delay(lim.reserve(0)) == 0.0

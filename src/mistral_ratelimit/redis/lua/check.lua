@@ -12,9 +12,9 @@ if epoch_changed(ARGV[14]) then return done(answer('epoch', 0)) end
 local reg = registry()
 local ws, margin = parse_windows(ARGV[11], reg)
 if mode == 'q' then
-  -- Promoted by a call whose reply was lost: that booking, not a second one.
+  -- Promoted by a call whose reply was lost: that booking (and its lease), not a second one.
   local held_at, held_slots = find_booking(member)
-  if held_at then return done(booked_reply('moved', held_at, held_slots)) end
+  if held_at then return done(booked_reply('ok', held_at, held_slots)) end
   trim_leases()
   local rank = queue_up(member, qlease)
   if maxif - redis.call('ZCARD', KEYS[3]) > rank then
