@@ -203,8 +203,9 @@ class RateLimiter(SyncBackedAsyncMixin):
         return self._horizon
 
     def _forget_gone(self, now: float) -> None:
-        """Drop bookings that went, finished or were cancelled, oldest first. One never
-        collected (reserved, then abandoned) is dropped once its short windows have passed."""
+        """Drop bookings that went, finished or were cancelled, oldest first. One still not
+        collected once its short windows have passed (abandoned, or its caller very late)
+        moves to ``_late``."""
         horizon = self._short_horizon
         while self._late and not self._waiting(*self._late[0]):
             self._late.popleft()

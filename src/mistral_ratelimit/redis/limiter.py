@@ -223,13 +223,15 @@ class RedisRateLimiter:
             isinstance(local_share, (int, float)) and 0 < local_share <= 1
         ):
             raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
-        for name, value in (
-            ("lease_seconds", 1.0 if lease_seconds is None else lease_seconds),
+        positive = [
             ("queue_poll", queue_poll),
             ("socket_timeout", socket_timeout),
             ("connect_timeout", connect_timeout),
             ("probe_interval", probe_interval),
-        ):
+        ]
+        if lease_seconds is not None:  # None: derived from the limits (_default_lease)
+            positive.append(("lease_seconds", lease_seconds))
+        for name, value in positive:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
         cfg = config if config is not None else RatelimitConfig.from_env()
