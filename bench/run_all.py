@@ -20,6 +20,8 @@ BENCHMARKS: list[tuple[str, str, list[str]]] = [
     ("estimate", "bench_estimate.py", []),
     ("emulator", "bench_emulator.py", []),
     ("redis", "bench_redis.py", ["--seconds", "3", "--clients", "1,4,16"]),
+    ("pause", "bench_pause.py", []),
+    ("queued", "bench_queued.py", []),
     ("engine", "bench_engine.py", []),
     ("soak", "soak.py", []),
     ("zero429", "bench_zero429.py", ["--rounds", "3"]),

@@ -5,8 +5,8 @@ Two kinds of tests live here:
 * real-clock tests use each backend's own clock; their windows are long (30 s) so the
   reservations they inspect never expire during the test, and they assert on the *sign*
   or rough size of ``delay()``, never on elapsed time;
-* fake-clock tests pass ``clock=``; they check exact timings and are skipped on backends
-  that read their own clock (Redis uses its server TIME).
+* fake-clock tests pass ``clock=``; they check exact timings (Redis then reads the fake
+  clock instead of its server TIME, through test-only scripts).
 """
 
 from __future__ import annotations
@@ -645,7 +645,7 @@ async def test_async_twins_match_the_sync_calls(make_limiter: MakeLimiter) -> No
     assert (stats.tokens_reserved, stats.tokens_refunded, stats.requests_cancelled) == (60, 30, 1)
 
 
-# -- fake clock (memory only) ---------------------------------------------------------------
+# -- fake clock -----------------------------------------------------------------------------
 
 
 def test_waits_are_exact_on_a_fake_clock(make_limiter: MakeLimiter, clock: FakeClock) -> None:

@@ -2,7 +2,8 @@
 
 A snippet is a ```python block right after a marker comment:
 
-- ``<!-- test: NAME [requires=MODULE,...] -->``: run here, as written;
+- ``<!-- test: NAME [requires=MODULE,...] -->``: run here, as written (``requires=redis``
+  also starts a throw-away redis-server and sets ``REDIS_URL`` to it);
 - ``<!-- no-test: REASON -->``: shown only (say why).
 
 An untagged ```python block fails this file. Snippets run unchanged, as a user would run
@@ -42,6 +43,7 @@ EXPECTED_OUTPUT = {
     "emulator": r"pong 1 0",
     "byo-httpx2": r"\d+\n\d+\n2",
     "byo-httpx": r"\d+",
+    "redis-workers": r"\d+ 1",  # one request admitted by the shared budget
 }
 #: (requests, seconds): at most that many arrivals at the server in any such window, from
 #: the snippet's limits (1.2 rps is one request per 0.83 s), less slack for arrival jitter.
@@ -91,7 +93,15 @@ def test_every_python_block_is_tagged() -> None:
 
 def test_the_sdk_sections_are_covered() -> None:
     names = {s.name for s in SNIPPETS}
-    expected = {"facade", "byo-httpx2", "byo-httpx", "shared-limiter", "inner-transport", "errors"}
+    expected = {
+        "facade",
+        "byo-httpx2",
+        "byo-httpx",
+        "shared-limiter",
+        "inner-transport",
+        "errors",
+        "redis-workers",
+    }
     assert expected <= names, f"missing README snippets: {sorted(expected - names)}"
     assert len(names) == len(SNIPPETS), "two README snippets share a name"
 
@@ -151,6 +161,10 @@ def test_readme_snippet_runs(
 ) -> None:
     for module in snippet.requires:
         pytest.importorskip(module)
+    if "redis" in snippet.requires:  # a Redis snippet reads REDIS_URL, as a deployment would
+        from redis_server import shared_server
+
+        monkeypatch.setenv("REDIS_URL", shared_server().url)
     emulator.reset()
     monkeypatch.setenv("MISTRAL_API_KEY", "readme-test-key")
     for name in list(os.environ):

@@ -2,8 +2,8 @@
 
 The contract every backend shares runs in test_limiter_contract.py. Here: the budget shared
 between limiter objects (as between workers), the key layout, Redis's clock, leases, and
-what happens when Redis goes away. Time is moved with the state's test ``offset`` field
-(added to Redis TIME inside the scripts), never by sleeping through windows.
+what happens when Redis goes away. Time is moved with a fake clock (the limiter's test-only
+``_clock``, which its scripts read instead of Redis TIME), never by sleeping through windows.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 import redis
 from redis.crc import key_slot
 
+from conftest import FakeClock
 from mistral_ratelimit.config import Limit, RatelimitConfig
-from mistral_ratelimit.errors import BackendUnavailable
-from mistral_ratelimit.limiter import ObservedLimit, State, acquire
+from mistral_ratelimit.errors import BackendUnavailable, BudgetExhausted
+from mistral_ratelimit.limiter import ObservedLimit, State, aacquire, acquire
 from mistral_ratelimit.redis import RedisRateLimiter
 from mistral_ratelimit.redis.scripts import Keys
 from redis_server import RedisServer, fresh_key, shared_server
@@ -41,17 +43,27 @@ def r(server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def make(server: RedisServer, key: str, limits: list[Limit], **kw: Any) -> RedisRateLimiter:
+def make(
+    server: RedisServer,
+    key: str,
+    limits: list[Limit],
+    clock: Callable[[], float] | None = None,
+    **kw: Any,
+) -> RedisRateLimiter:
+    """A limiter on ``key``; with ``clock``, on that fake clock (every limiter sharing the key
+    must then share it), with leases that outlast its jumps unless the test sets them."""
     kw.setdefault("window_margin", 0.0)
     kw.setdefault("on_backend_error", "fail")
+    if clock is not None:
+        kw.setdefault("lease_seconds", 1e9)
     return RedisRateLimiter(
-        server.url, config=RatelimitConfig(api_key="sk-t"), key=key, limits=limits, **kw
+        server.url,
+        config=RatelimitConfig(api_key="sk-t"),
+        key=key,
+        limits=limits,
+        _clock=clock,
+        **kw,
     )
-
-
-def advance(r: redis.Redis, key: str, seconds: float) -> None:
-    """Move the budget's clock forward (the scripts add the state's offset to Redis TIME)."""
-    r.hincrbyfloat(Keys.for_namespace("mrl", key).state, "offset", seconds)
 
 
 # -- sharing ------------------------------------------------------------------------------
@@ -118,26 +130,45 @@ def test_scripts_are_loaded_again_after_script_flush(server: RedisServer, r: red
 # -- Redis's clock --------------------------------------------------------------------------
 
 
-def test_time_is_redis_time_and_never_goes_back(server: RedisServer, r: redis.Redis) -> None:
-    key = fresh_key()
-    lim = make(server, key, [Limit(1, 10.0, "requests")])
-    advance(r, key, 1000.0)  # as if this host's clock were 1000 s behind Redis's
+def test_time_is_redis_time(server: RedisServer, r: redis.Redis) -> None:
+    lim = make(server, fresh_key(), [Limit(1, 10.0, "requests")])
     res = lim.reserve(0)
-    assert res.at > time.time() + 900  # booked on Redis's clock, not the caller's
-    assert lim.now() > time.time() + 900
-    advance(r, key, -1000.0)  # Redis's clock jumps back
+    seconds, micros = r.time()
+    assert abs(res.at - (seconds + micros / 1e6)) < 1.0  # booked on Redis's clock
+    assert abs(lim.now() - (seconds + micros / 1e6)) < 1.0
+
+
+def test_the_budgets_time_never_goes_back(server: RedisServer) -> None:
+    reading = [10_000.0]
+    lim = make(server, fresh_key(), [Limit(1, 10.0, "requests")], clock=lambda: reading[0])
+    res = lim.reserve(0)
+    reading[0] -= 1000.0  # the clock jumps back
     nxt = lim.reserve(0)
     # Stored time did not go back: the window is still full for ~10 s after `res`.
     assert nxt.at >= res.at + 10.0
+    assert lim.now() >= res.at
     assert lim.delay(nxt) > 5
 
 
-def test_a_window_frees_once_it_has_passed(server: RedisServer, r: redis.Redis) -> None:
+def test_no_redis_writer_can_move_a_production_budgets_clock(
+    server: RedisServer, r: redis.Redis
+) -> None:
+    """Production scripts read Redis TIME only: an ``offset`` (or any field) written into
+    the state hash is ignored, and the test clock's scripts are different scripts."""
     key = fresh_key()
-    lim = make(server, key, [Limit(100, 10.0, "tokens")])
-    acquire(lim, 100)
+    lim = make(server, key, [Limit(1, 10.0, "requests")])
+    assert lim.delay(lim.reserve(0)) == 0.0
+    r.hset(Keys.for_namespace("mrl", key).state, mapping={"offset": 1e6, "clock": 1e12})
+    assert 5 < lim.delay(lim.reserve(0)) < 11
+    assert abs(lim.now() - time.time()) < 5
+
+
+def test_a_window_frees_once_it_has_passed(server: RedisServer) -> None:
+    clock = FakeClock()
+    lim = make(server, fresh_key(), [Limit(100, 10.0, "tokens")], clock=clock)
+    acquire(lim, 100, sleep=clock.sleep)
     assert lim.delay(lim.reserve(1)) > 5
-    advance(r, key, 10.0 + 0.1 + 0.2)  # a window, one slot, and slack
+    clock.advance(10.0 + 0.1 + 0.2)  # a window, one slot, and slack
     assert lim.delay(lim.reserve(99)) == 0.0
 
 
@@ -233,13 +264,13 @@ def test_a_live_holders_lease_is_renewed(server: RedisServer) -> None:
 
 
 def test_a_dead_workers_bookings_ahead_are_given_back(server: RedisServer, r: redis.Redis) -> None:
-    key = fresh_key()
-    dead = make(server, key, [Limit(2, 10.0, "requests")], lease_seconds=0.3)
+    key, clock = fresh_key(), FakeClock()
+    dead = make(server, key, [Limit(2, 10.0, "requests")], clock, lease_seconds=0.3)
     ahead = [dead.reserve(0) for _ in range(6)]  # 2 now, then 2 and 2 windows ahead
     assert dead.delay(ahead[-1]) > 15
     dead.close()
-    advance(r, key, 0.5)  # past the lease, still inside the first window
-    live = make(server, key, [Limit(2, 10.0, "requests")])
+    clock.advance(0.5)  # past the lease, still inside the first window
+    live = make(server, key, [Limit(2, 10.0, "requests")], clock)
     res = live.reserve(0)
     # Only the two that went still count: the dead worker's four waiters are gone.
     assert 0 < live.delay(res) <= 10.0 + 0.1
@@ -273,22 +304,21 @@ def test_an_anchor_in_one_worker_moves_the_waiters_of_another(server: RedisServe
 
 
 def test_a_waiter_asleep_until_its_old_time_learns_the_new_one_when_it_wakes(
-    server: RedisServer, r: redis.Redis
+    server: RedisServer,
 ) -> None:
-    key = fresh_key()
-    a = make(server, key, [Limit(1, 10.0, "requests")])
-    b = make(server, key, [Limit(1, 10.0, "requests")])
+    key, clock = fresh_key(), FakeClock()
+    a = make(server, key, [Limit(1, 10.0, "requests")], clock)
+    b = make(server, key, [Limit(1, 10.0, "requests")], clock)
     sent = a.reserve(0)
     assert a.delay(sent) == 0.0
     waiter = b.reserve(0)
     told = b.delay(waiter)
     assert 9 < told < 11
     a.anchor(sent, 3.0)
-    advance(r, key, told + 0.01)  # b slept what it was told
-    time.sleep(HINT_GUARD)
+    clock.advance(told + 0.01)  # b slept what it was told
     # The booking only moved later: woken at its old time, b is early, never late.
     assert 2 < b.delay(waiter) < 4
-    advance(r, key, 4.0)
+    clock.advance(4.0)
     assert b.delay(waiter) == 0.0
     assert b.stats().requests_admitted == 2
 
@@ -308,18 +338,18 @@ def test_a_pause_in_one_worker_keeps_every_workers_waiters_in_arrival_order(
     assert LONG * 1.5 - 5 < d1 < d2 < d3 < dn
 
 
-def test_a_reaped_booking_is_not_given_back_twice(server: RedisServer, r: redis.Redis) -> None:
+def test_a_reaped_booking_is_not_given_back_twice(server: RedisServer) -> None:
     """A worker that only looked dead (no lease renewal for a whole lease) and then cancels
     its waiters must not refund what the reaper already gave back: that would wipe other
     workers' charges from the same slots."""
-    key = fresh_key()
-    slow = make(server, key, [Limit(2, 10.0, "requests")], lease_seconds=0.3)
+    key, clock = fresh_key(), FakeClock()
+    slow = make(server, key, [Limit(2, 10.0, "requests")], clock, lease_seconds=0.3)
     assert [slow.delay(slow.reserve(0)) for _ in range(2)] == [0.0, 0.0]
     ahead = [slow.reserve(0), slow.reserve(0)]  # a window ahead
     assert all(slow.delay(res) > 5 for res in ahead)
     slow.close()  # its heartbeat stops
-    advance(r, key, 0.5)  # past its lease
-    live = make(server, key, [Limit(2, 10.0, "requests")])
+    clock.advance(0.5)  # past its lease
+    live = make(server, key, [Limit(2, 10.0, "requests")], clock)
     first = live.reserve(0)  # reaps the two waiters: first takes their place
     for res in ahead:
         slow.cancel(res)
@@ -433,3 +463,324 @@ def test_a_forked_child_uses_its_own_connection_and_shares_the_budget(
     assert report == "True True True"  # own connection; 2 + 1 of 3; the 4th waits
     assert lim._conns.sync.client_id() == parent_id  # the parent's connection is untouched
     assert lim.delay(lim.reserve(0)) > LONG - 5
+
+
+# -- replies that never arrive ------------------------------------------------------------------
+
+
+def lose_reply(
+    lim: RedisRateLimiter,
+    script: str,
+    monkeypatch: pytest.MonkeyPatch,
+    scopes: list[anyio.CancelScope] | None = None,
+) -> None:
+    """The next call of ``script`` runs in Redis, then its caller is interrupted (sync) or
+    the cancel scope in ``scopes`` cancelled (async) before it reads the reply."""
+    real_sync, real_async = lim._call_sync, lim._call_async
+    armed = [True]
+
+    def call_sync(step: Any) -> Any:
+        reply = real_sync(step)
+        if armed[0] and getattr(step, "script", None) == script:
+            armed[0] = False
+            raise KeyboardInterrupt
+        return reply
+
+    async def call_async(step: Any) -> Any:
+        reply = await real_async(step)
+        if armed[0] and getattr(step, "script", None) == script:
+            armed[0] = False
+            assert scopes
+            scopes[0].cancel()
+            await anyio.sleep(0)  # the cancellation lands here, after the script ran
+        return reply
+
+    monkeypatch.setattr(lim, "_call_sync", call_sync)
+    monkeypatch.setattr(lim, "_call_async", call_async)
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+def test_a_grant_whose_reply_is_lost_is_given_back_once_by_the_cancel(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, style: str
+) -> None:
+    """2 per 10 s: w and v are booked a window ahead, in one slot. w's grant reply never
+    reaches it (its task is cancelled just then): the cancel gives w's request back, once,
+    and leaves v's charge alone."""
+    key, clock = fresh_key(), FakeClock()
+    lim = make(server, key, [Limit(2, 10.0, "requests")], clock)
+    assert [lim.delay(lim.reserve(0)) for _ in range(2)] == [0.0, 0.0]
+    w, v = lim.reserve(0), lim.reserve(0)
+    clock.set(w.at)
+    assert lim.delay(v) == 0.0
+    scopes: list[anyio.CancelScope] = []
+    lose_reply(lim, "check", monkeypatch, scopes)
+    if style == "sync":
+        with pytest.raises(KeyboardInterrupt):
+            lim.delay(w)
+        lim.cancel(w)  # as acquire() does
+    else:
+
+        async def waiter() -> None:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                try:
+                    await lim.adelay(w)
+                except BaseException:  # as aacquire() does
+                    with anyio.CancelScope(shield=True):
+                        await lim.acancel(w)
+                    raise
+
+        anyio.run(waiter)
+        assert scopes[0].cancelled_caught
+    lim.cancel(w)
+    assert lim.delay(lim.reserve(0)) == 0.0  # w's place came back
+    assert lim.delay(lim.reserve(0)) > 5  # ... once: v's charge still counts
+    assert lim.stats().requests_cancelled == 1
+
+
+def test_a_check_retried_after_its_grant_reply_was_lost_grants_the_same_booking(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, clock = fresh_key(), FakeClock()
+    lim = make(server, key, [Limit(1, 10.0, "requests")], clock)
+    assert lim.delay(lim.reserve(0)) == 0.0
+    w = lim.reserve(0)
+    clock.set(w.at)
+    lose_reply(lim, "check", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        lim.delay(w)
+    assert lim.delay(w) == 0.0  # asked again (wait mode would): the grant it missed
+    assert lim.stats().requests_admitted == 2
+    assert lim.delay(lim.reserve(0)) > 5  # booked once, not twice: one window holds it
+
+
+@pytest.mark.parametrize("style", ["sync", "async"])
+def test_a_reserve_interrupted_in_flight_leaks_neither_booking_nor_slot(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch, style: str
+) -> None:
+    key, clock = fresh_key(), FakeClock()
+    lim = make(server, key, [Limit(1, 10.0, "requests")], clock, max_concurrency=1)
+    scopes: list[anyio.CancelScope] = []
+    lose_reply(lim, "reserve", monkeypatch, scopes)
+    if style == "sync":
+        with pytest.raises(KeyboardInterrupt):
+            lim.reserve(0)
+    else:
+
+        async def caller() -> None:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                await lim.areserve(0)
+
+        anyio.run(caller)
+        assert scopes[0].cancelled_caught
+    res = lim.reserve(0)
+    assert lim.delay(res) == 0.0  # the in-flight slot and the window's request came back
+    assert lim.stats().in_flight == 1
+
+
+def test_a_reserve_that_arrives_after_its_cancel_books_nothing(server: RedisServer) -> None:
+    """The abandoned call and the cancel travel on different connections: if the cancel
+    runs first, the reserve, arriving late, must not book."""
+    key, clock = fresh_key(), FakeClock()
+    lim = make(server, key, [Limit(1, 10.0, "requests")], clock)
+    res, b = lim._new_booking(0, 1)
+    b.unsure = True
+    lim.cancel(res)
+    with pytest.raises(BudgetExhausted):
+        lim._run(lim._reserve_op(res, b))
+    assert lim.delay(lim.reserve(0)) == 0.0
+
+
+# -- every key has a TTL, on every path ---------------------------------------------------------
+
+
+def every_script_path(
+    server: RedisServer, key: str, clock: FakeClock, r: redis.Redis
+) -> Iterator[str]:
+    """Drives every script through its paths, yielding after each step."""
+    cfg = RatelimitConfig(api_key="sk-t")  # tier defaults, so that adopt discovers limits
+    lim = RedisRateLimiter(
+        server.url,
+        config=cfg,
+        key=key,
+        on_backend_error="fail",
+        _clock=clock,
+        lease_seconds=1e9,
+        max_concurrency=2,
+        window_margin=0.025,
+    )
+    other = RedisRateLimiter(
+        server.url,
+        config=cfg,
+        key=key,
+        on_backend_error="fail",
+        _clock=clock,
+        lease_seconds=1e9,
+        window_margin=0.025,
+    )
+    # The auditor's path: a pause that is no 429, then a booking granted once it is due.
+    lim.pause_for(0.3, rate_limited=False)
+    first = lim.reserve(0)
+    yield "pause, reserve"
+    clock.advance(0.31)
+    assert lim.delay(first) == 0.0
+    yield "check: granted when due"
+    second = lim.reserve(10)  # a second ahead (1 rps)
+    third = lim.reserve(10)
+    queued = lim.reserve(10)  # behind the cap of 2
+    yield "reserve: ahead, queued"
+    assert lim.delay(queued) > 0
+    yield "check: queued"
+    clock.advance(0.2)
+    lim.anchor(first, 0.2)  # left late: moves the waiters' window
+    yield "anchor"
+    clock.set(second.at + 0.5)  # wakes late: checked and counted from now
+    assert lim.delay(second) == 0.0
+    yield "check: late grant"
+    lim.settle(first, 5)
+    lim.release(first)
+    yield "settle, release"
+    assert lim.delay(queued) >= 0
+    yield "check: promoted"
+    lim.pause_for(2.0)  # re-books the waiters
+    yield "pause: re-booking"
+    lim.cancel(third)
+    lim.cancel(queued)
+    yield "cancel"
+    lim.adopt(
+        [ObservedLimit("requests", 60.0, 720, 700), ObservedLimit("tokens", 60.0, 10**6, 10**5)]
+    )
+    yield "adopt: discovery"
+    other.reserve(0)
+    yield "reserve: another worker"
+    lim._renew_leases()
+    lim.stats()
+    yield "renew, stats"
+    lim._run(lim._recharge_op(lim._epoch))
+    yield "charge"
+    lim.close()
+    other.close()
+
+
+def assert_every_key_expires(r: redis.Redis, key: str, step: str) -> list[bytes]:
+    keys = list(r.scan_iter(match=f"mrl:{{{key}}}:*"))
+    assert keys
+    for k in keys:
+        assert r.pttl(k) != -1, (step, k)
+    return keys
+
+
+def test_every_key_gets_its_ttl_on_every_script_path(server: RedisServer, r: redis.Redis) -> None:
+    key = fresh_key()
+    for step in every_script_path(server, key, FakeClock(), r):
+        assert_every_key_expires(r, key, step)
+
+
+def test_every_key_gets_its_ttl_again_after_another_expired(
+    server: RedisServer, r: redis.Redis
+) -> None:
+    """As if each key expired on its own in turn (they have different lives): whichever
+    script writes it next gives it a TTL."""
+    key = fresh_key()
+    for i, step in enumerate(every_script_path(server, key, FakeClock(), r)):
+        keys = assert_every_key_expires(r, key, step)
+        r.delete(sorted(keys)[i % len(keys)])
+
+
+def test_queued_waiters_back_off_instead_of_polling(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """60 callers queued behind a held slot: those near the front ask every queue_poll,
+    the others back off (at the old fixed 20 ms, 1.5 s cost 4,500 script calls)."""
+    lim = make(server, fresh_key(), [Limit(10_000, 1.0, "requests")], max_concurrency=1)
+    checks = [0]
+    real = lim._call_async
+
+    async def counting(step: Any) -> Any:
+        if getattr(step, "script", None) == "check":
+            checks[0] += 1
+        return await real(step)
+
+    monkeypatch.setattr(lim, "_call_async", counting)
+
+    async def main() -> None:
+        holder = await aacquire(lim, 0)
+        async with anyio.create_task_group() as tg:
+            for _ in range(60):
+                tg.start_soon(aacquire, lim, 0)
+            while lim.local_stats().queued < 60:
+                await anyio.sleep(0.01)
+            before = checks[0]
+            await anyio.sleep(1.5)
+            assert checks[0] - before < 900
+            tg.cancel_scope.cancel()
+        await lim.arelease(holder)
+
+    anyio.run(main)
+
+
+def test_a_queue_keeps_moving_at_the_pace_of_its_releases(server: RedisServer) -> None:
+    """Backing off must not starve the cap: 30 callers through one slot, each holding it
+    20 ms, finish in about 30 hand-overs, not 30 backed-off sleeps."""
+    lim = make(server, fresh_key(), [Limit(10_000, 1.0, "requests")], max_concurrency=1)
+
+    async def one() -> None:
+        res = await aacquire(lim, 0)
+        await anyio.sleep(0.02)
+        await lim.arelease(res)
+
+    async def main() -> float:
+        started = time.monotonic()
+        async with anyio.create_task_group() as tg:
+            for _ in range(30):
+                tg.start_soon(one)
+        return time.monotonic() - started
+
+    assert anyio.run(main) < 10.0
+
+
+def test_the_local_mode_needs_its_share_of_the_budget(server: RedisServer) -> None:
+    """A default of the whole budget would let N workers in ``local`` mode spend N times it."""
+    with pytest.raises(ValueError, match="local_share"):
+        make(server, fresh_key(), [Limit(10, 1.0, "requests")], on_backend_error="local")
+    lim = make(
+        server,
+        fresh_key(),
+        [Limit(10, 1.0, "requests")],
+        on_backend_error="local",
+        local_share=0.25,
+    )
+    assert lim.backend_error_mode == "local"
+
+
+@pytest.mark.parametrize(
+    ("limits", "lease"),
+    [
+        ([Limit(40, 1.0, "requests"), Limit(4000, 60.0, "tokens")], 2.0),  # the floor
+        ([Limit(100, 10.0, "requests"), Limit(4000, 60.0, "tokens")], 10.0),  # the shortest
+        ([Limit(4000, 60.0, "tokens"), Limit(10**6, 2_592_000.0, "tokens")], 30.0),  # the cap
+    ],
+)
+def test_the_default_lease_follows_the_shortest_window(
+    server: RedisServer, limits: list[Limit], lease: float
+) -> None:
+    assert make(server, fresh_key(), limits).lease_seconds == lease
+    assert make(server, fresh_key(), limits, lease_seconds=7.0).lease_seconds == 7.0
+
+
+def test_a_promotion_whose_reply_is_lost_is_the_one_asked_again(
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, clock = fresh_key(), FakeClock()
+    lim = make(server, key, [Limit(100, 10.0, "requests")], clock, max_concurrency=1)
+    running, queued = lim.reserve(0), lim.reserve(0)
+    assert lim.delay(running) == 0.0 and lim.delay(queued) > 0
+    lim.release(running)
+    lose_reply(lim, "check", monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        lim.delay(queued)  # promoted in Redis; the answer never arrives
+    assert lim.delay(queued) == 0.0  # the same promotion, with its in-flight lease
+    assert lim.stats().in_flight == 1
+    lim.release(queued)  # gives the lease back: the next one goes at once
+    assert lim.delay(lim.reserve(0)) == 0.0

@@ -88,7 +88,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         max_concurrency: int | None = None,
         window_margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
-        poll_interval: float = 1.0,
+        poll_interval: float = 5.0,
     ) -> None:
         cfg = config if config is not None else RatelimitConfig.from_env()
         pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
@@ -235,8 +235,9 @@ class RateLimiter(SyncBackedAsyncMixin):
         return self._horizon
 
     def _forget_gone(self, now: float) -> None:
-        """Drop bookings that went, finished or were cancelled, oldest first. One never
-        collected (reserved, then abandoned) is dropped once its short windows have passed."""
+        """Drop bookings that went, finished or were cancelled, oldest first. One still not
+        collected once its short windows have passed (abandoned, or its caller very late)
+        moves to ``_late``."""
         horizon = self._short_horizon
         while self._late and not self._waiting(*self._late[0]):
             self._late.popleft()

@@ -62,6 +62,7 @@ class Connections:
         socket_timeout: float,
         connect_timeout: float,
         max_connections: int,
+        test_clock: bool = False,
     ) -> None:
         self._source = source
         self._user_async = async_client
@@ -70,7 +71,7 @@ class Connections:
             "socket_connect_timeout": connect_timeout,
         }
         self._max_connections = max_connections
-        self._sources = script_sources()
+        self._sources = script_sources(test_clock=test_clock)
         self._build()
 
     def _build(self) -> None:

@@ -24,7 +24,7 @@ import secrets
 import threading
 import time
 import weakref
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -38,6 +38,7 @@ from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
 from ..limiter.base import Counters, LimiterStats, ObservedLimit, Reservation, State
 from ..limiter.memory import LONG_WINDOW_SECONDS, MAX_PAUSE_SECONDS, RateLimiter, clean_amount
 from .connections import AnyClient, Connections
+from .ledger import GrantLedger
 from .scripts import Keys, WindowSpec, namespace_for, window_spec
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ BackendErrorMode = Literal["wait", "local", "fail"]
 #: A ``reserve`` reply answers the ``delay()`` that follows within this many seconds; later,
 #: ``delay()`` asks Redis again (a pause may have arrived since).
 HINT_SECONDS = 0.05
+#: Bounds of the default lease (see _default_lease).
+LEASE_FLOOR_SECONDS = 2.0
+LEASE_CEILING_SECONDS = 30.0
+#: Longest sleep of a caller far back in the concurrency queue (see _queued_wait).
+QUEUE_POLL_MAX = 2.0
 #: Redis errors that mean "not reachable now" rather than "a bug in a script".
 _TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
 
@@ -64,6 +70,21 @@ def _is_backend_error(exc: BaseException) -> bool:
     )
 
 
+def _default_lease(limits: Iterable[Limit]) -> float:
+    """The shortest (non-monthly) window, within [2 s, 30 s].
+
+    A dead process's waiting places come back when their lease lapses, so a lease as long as
+    the shortest window gives them back within about one window of its death. The floor
+    keeps a live process from looking dead: the heartbeat renews every third of a lease, so
+    a process stalled (GC, a starved thread) for two thirds of it loses its places (they book
+    again, behind) and its in-flight slots (others may take them). The ceiling bounds how
+    long a dead process's in-flight slots stay taken.
+    """
+    short = [lim.per_seconds for lim in limits if lim.per_seconds < LONG_WINDOW_SECONDS]
+    shortest = min(short, default=LEASE_CEILING_SECONDS)
+    return min(LEASE_CEILING_SECONDS, max(LEASE_FLOOR_SECONDS, shortest))
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -73,6 +94,7 @@ def _text(value: Any) -> str:
 class _Eval:
     script: str
     args: tuple[str, ...]
+    member: str = ""  # the booking whose marker the script takes as KEYS[9] (see common.lua)
 
 
 @dataclass(frozen=True)
@@ -103,16 +125,17 @@ class _Booking:
     leased: bool = False  # holds a lease in the shared in-flight set
     ahead: bool = False  # booked ahead of now: held by a lease until it goes (see reap())
     counted: bool = False  # the script already counted it as admitted
+    queued: bool = False  # counted in this process's queued figure
+    #: A reserve call was sent and its reply has not arrived: Redis may hold a booking (or a
+    #: place in the queue) that only a cancel by member can give back.
+    unsure: bool = False
+    queue_seen: tuple[int, float] | None = None  # (place in the queue, when), last answer
+    queue_wait: float = 0.0  # how long it slept after that answer
     hint: float | None = None  # seconds to wait, per the last reply
     hint_mono: float = 0.0
     hint_gen: int = 0
     failing_since: float | None = None
     local: Reservation | None = None  # served by the in-memory fallback
-    #: When it was due on this process's monotonic clock, read from the last reply that
-    #: set its time: the script's time mapped back to when the call was sent (the earliest
-    #: the script can have run), so the lateness it feeds into anchor() is never too small.
-    due_mono: float = 0.0
-    asked_mono: float = 0.0  # when the call behind the last reply was sent
 
 
 @dataclass
@@ -152,11 +175,16 @@ class RedisRateLimiter:
 
     * ``"wait"``: keep the request waiting and retry with backoff (up to
       ``backend_timeout`` seconds, if set, then raise :class:`BackendUnavailable`);
-    * ``"local"``: fall back to an in-memory limiter holding ``local_share`` of every limit,
-      and go back to Redis when it answers again;
+    * ``"local"``: fall back to an in-memory limiter holding ``local_share`` of every limit
+      (required: 1 / the number of workers), and go back to Redis when it answers again;
     * ``"fail"``: raise :class:`BackendUnavailable` at once.
 
     A request is never admitted without a reservation in Redis, unless ``"local"`` is set.
+
+    ``_clock`` is for tests only: the budget's time comes from it instead of Redis ``TIME``
+    (through scripts of their own, which production limiters never load), so fake-clock
+    tests run here as on the in-memory limiter. Never share a key between limiters with
+    and without it.
     """
 
     def __init__(
@@ -170,29 +198,40 @@ class RedisRateLimiter:
         max_concurrency: int | None = None,
         window_margin: float | None = None,
         on_backend_error: BackendErrorMode = "wait",
-        local_share: float = 1.0,
+        local_share: float | None = None,
         backend_timeout: float | None = None,
-        lease_seconds: float = 30.0,
+        lease_seconds: float | None = None,
         queue_poll: float = 0.02,
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         probe_interval: float = 1.0,
         max_connections: int = 32,
         async_client: AnyClient | None = None,
+        _clock: Callable[[], float] | None = None,
     ) -> None:
         if on_backend_error not in ("wait", "local", "fail"):
             raise ValueError(
                 f"on_backend_error must be 'wait', 'local' or 'fail', got {on_backend_error!r}"
             )
-        if not (isinstance(local_share, (int, float)) and 0 < local_share <= 1):
+        if on_backend_error == "local" and local_share is None:
+            # Every worker would fall back to the whole budget: N workers, N times the quota.
+            raise ValueError(
+                "on_backend_error='local' needs local_share=: this process's fraction of "
+                "every limit while Redis is away (1 / the number of workers sharing the key)"
+            )
+        if local_share is not None and not (
+            isinstance(local_share, (int, float)) and 0 < local_share <= 1
+        ):
             raise ValueError(f"local_share must be in (0, 1], got {local_share!r}")
-        for name, value in (
-            ("lease_seconds", lease_seconds),
+        positive = [
             ("queue_poll", queue_poll),
             ("socket_timeout", socket_timeout),
             ("connect_timeout", connect_timeout),
             ("probe_interval", probe_interval),
-        ):
+        ]
+        if lease_seconds is not None:  # None: derived from the limits (_default_lease)
+            positive.append(("lease_seconds", lease_seconds))
+        for name, value in positive:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
         cfg = config if config is not None else RatelimitConfig.from_env()
@@ -204,22 +243,28 @@ class RedisRateLimiter:
         self._set_specs()
         self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
         self._mode: BackendErrorMode = on_backend_error
-        self._share = float(local_share)
+        self._share = float(local_share or 1.0)
         self._backend_timeout = backend_timeout
-        self._lease = float(lease_seconds)
+        self._lease = float(lease_seconds or _default_lease(self._limits))
         self._queue_lease = max(5.0, 20 * queue_poll)
         self._poll = float(queue_poll)
+        # A queued waiter must ask again well within its queue lease, or it drops out.
+        self._poll_max = min(QUEUE_POLL_MAX, self._queue_lease / 2.5)
         self._lease_arg, self._queue_lease_arg = repr(self._lease), repr(self._queue_lease)
         self._probe = float(probe_interval)
         self.namespace = namespace_for(cfg.api_key, key)
         self._keys = Keys.for_namespace(prefix, self.namespace)
         self._all_keys = self._keys.all()
+        # This process's clock, against which Redis's is learnt; a test clock stands in for it.
+        self._mono: Callable[[], float] = _clock or time.monotonic
+        self._clock_arg: tuple[Callable[[], float], ...] = (_clock,) if _clock else ()
         self._conns = Connections(
             url_or_client,
             async_client,
             socket_timeout=socket_timeout,
             connect_timeout=connect_timeout,
             max_connections=max_connections,
+            test_clock=_clock is not None,
         )
         self._after_seconds = 2.0
         self._init_process_state()
@@ -237,9 +282,11 @@ class RedisRateLimiter:
         self._s = Counters()
         # Redis's clock minus ours, learnt from every reply; until the first reply both are
         # Unix time, which is what Redis TIME returns.
-        self._offset = time.time() - time.monotonic()
+        self._offset = 0.0 if self._clock_arg else time.time() - time.monotonic()
         self._rebook_gen = 0
         self._dv = "0"
+        self._epoch = ""  # of the Redis state this process last saw ('' before any reply)
+        self._ledger = GrantLedger(self._margin)
         self._down_until = 0.0
         self._outage: _Outage | None = None
         self._fallback: RateLimiter | None = None
@@ -261,7 +308,7 @@ class RedisRateLimiter:
     # -- introspection ----------------------------------------------------------------------
     def now(self) -> float:
         """Redis's clock (as learnt from the last reply), in seconds."""
-        return time.monotonic() + self._offset
+        return self._mono() + self._offset
 
     @property
     def limits(self) -> tuple[Limit, ...]:
@@ -271,6 +318,11 @@ class RedisRateLimiter:
     def backend_error_mode(self) -> BackendErrorMode:
         return self._mode
 
+    @property
+    def lease_seconds(self) -> float:
+        """How long a dead process's in-flight slots and waiting places outlive it."""
+        return self._lease
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{lim.amount:g} {lim.unit}/{lim.per_seconds:g}s" for lim in self._limits)
         return (
@@ -279,7 +331,7 @@ class RedisRateLimiter:
         )
 
     def _learn_clock(self, redis_now: float) -> None:
-        self._offset = redis_now - time.monotonic()
+        self._offset = redis_now - self._mono()
 
     def _check_fits(self, res: Reservation) -> None:
         for lim in self._limits:
@@ -336,8 +388,8 @@ class RedisRateLimiter:
         for lim in self._limits:
             spent = outage.tokens if lim.unit == "tokens" else outage.requests
             # The fallback never let more than its share through within one window.
-            amounts.append(repr(min(spent, lim.amount * self._share)))
-        yield _Eval("charge", (self._spec, " ".join(amounts)))
+            amounts.append(f"-1 {min(spent, lim.amount * self._share)!r}")  # -1: now
+        yield _Eval("charge", (self._spec, "", *amounts))
         with self._lock:
             if self._outage is outage:
                 self._outage = None
@@ -413,9 +465,19 @@ class RedisRateLimiter:
         finally:
             op.close()
 
+    def _script_args(self, args: tuple[str, ...]) -> tuple[str, ...]:
+        """A test clock's reading travels as the last argument (see load_state)."""
+        return (*args, *(repr(clock()) for clock in self._clock_arg))
+
+    def _script_keys(self, step: _Eval) -> list[bytes]:
+        if not step.member:
+            return self._all_keys
+        return [*self._all_keys, self._keys.marker(step.member)]
+
     def _call_sync(self, step: _Eval | _Command) -> Any:
         if isinstance(step, _Eval):
-            return self._conns.scripts[step.script](keys=self._all_keys, args=step.args)
+            args = self._script_args(step.args)
+            return self._conns.scripts[step.script](keys=self._script_keys(step), args=args)
         if step.name == "zrem":
             return self._conns.sync.zrem(step.key, step.arg)
         return self._conns.sync.hget(step.key, step.arg)
@@ -447,7 +509,8 @@ class RedisRateLimiter:
             return await anyio.to_thread.run_sync(self._call_sync, step)
         client, scripts = found
         if isinstance(step, _Eval):
-            return await scripts[step.script](keys=self._all_keys, args=step.args)
+            args = self._script_args(step.args)
+            return await scripts[step.script](keys=self._script_keys(step), args=args)
         if step.name == "zrem":
             return await client.zrem(step.key, step.arg)
         return await client.hget(step.key, step.arg)
@@ -488,17 +551,22 @@ class RedisRateLimiter:
             self._lease_arg,
             self._queue_lease_arg,
             b.spec,
+            self._epoch,
+            "1" if b.unsure else "0",  # still unsure from a failed attempt: a retry
         )
 
-    def _reserve_op(self, tokens: float, requests: float) -> _Op[Reservation]:
+    def _new_booking(self, tokens: float, requests: float) -> tuple[Reservation, _Booking]:
         res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
         self._check_fits(res)
         res.created_at = self.now()
-        b = _Booking(f"{self._proc}:{res.id}", self._specs, self._spec, time.monotonic())
+        b = _Booking(f"{self._proc}:{res.id}", self._specs, self._spec, self._mono())
         res.tag = b.member
         with self._lock:
             self._bookings[res] = b
             self._s["tokens_reserved"] += res.tokens
+        return res, b
+
+    def _reserve_op(self, res: Reservation, b: _Booking) -> _Op[Reservation]:
         since, attempt = time.monotonic(), 0
         while True:
             if self._mode == "local" and self._is_down():
@@ -506,8 +574,15 @@ class RedisRateLimiter:
             try:
                 if self._outage is not None:
                     yield from self._recovery_steps()
-                b.asked_mono = time.monotonic()
-                reply = _text((yield _Eval("reserve", self._reserve_args(res, b)))).split()
+                # Retried with the same member after an ambiguous failure: the script
+                # answers with the booking the first attempt made, if it ran.
+                args = self._reserve_args(res, b)
+                b.unsure = True
+                reply = _text((yield _Eval("reserve", args, b.member))).split()
+                b.unsure = False
+                if reply[0] == "epoch":
+                    yield from self._recharge_op(reply[3])
+                    continue
             except Exception as exc:
                 wait = self._on_backend_error(exc, since, attempt)
                 if wait is None:
@@ -518,22 +593,39 @@ class RedisRateLimiter:
             yield from self._apply_booking(res, b, reply, new=True)
             return res
 
+    def _recharge_op(self, epoch: str) -> _Op[None]:
+        """Redis lost its state (a new epoch): charge again what this process granted that
+        still counts, before it books anything in the new state (see ledger.py). Charged at
+        most once per process and epoch, however often the call is retried."""
+        with self._lock:
+            lists = self._ledger.live(self._specs, self.now())
+        reply = yield _Eval("charge", (self._spec, f"e|{self._proc}|{epoch}", *lists))
+        self._learn_clock(float(reply[0]))
+        self._epoch = _text(reply[1])
+        log.warning(
+            "Redis lost the shared budget's state; this process charged again what it sent "
+            "in the last window"
+        )
+
     def _apply_booking(
         self, res: Reservation, b: _Booking, reply: list[str], *, new: bool
     ) -> _Op[None]:
         status = reply[0]
         at, now = float(reply[1]), float(reply[2])
         self._learn_clock(now)
-        b.epoch = reply[3]
+        b.epoch = self._epoch = reply[3]
         dv = reply[4]
-        if status == "exhausted":
-            spec = b.specs[int(float(reply[5])) - 1]
+        if status in ("exhausted", "cancelled"):
             with self._lock:
-                if res.state is State.QUEUED:
+                if b.queued:
+                    b.queued = False
                     self._queued_local -= 1
                 res.state = State.CANCELLED
                 res.settled = True
                 self._s["tokens_reserved"] -= res.tokens
+            if status == "cancelled":  # only ever answers a call its caller abandoned
+                raise BudgetExhausted("this reservation was cancelled; take a new one")
+            spec = b.specs[int(float(reply[5])) - 1]
             unit = "tokens" if spec.tokens else "requests"
             raise BudgetExhausted(
                 f"the {spec.amount:g} {unit} per {spec.per_seconds:g} s budget is spent; "
@@ -541,12 +633,14 @@ class RedisRateLimiter:
             )
         with self._lock:
             if status == "queued":
-                if res.state is not State.QUEUED or new:
+                if not b.queued:
+                    b.queued = True
                     self._queued_local += 1
                 res.state = State.QUEUED
                 b.hint = None
             else:
-                if res.state is State.QUEUED and not new:
+                if b.queued:
+                    b.queued = False
                     self._queued_local -= 1
                 res.at = res.due_at = at
                 res.slots = {i: int(float(k)) for i, k in enumerate(reply[5 : 5 + len(b.specs)])}
@@ -559,8 +653,7 @@ class RedisRateLimiter:
                 b.ahead = at > now
                 self._track(b)
                 b.counted = at <= now
-                b.hint, b.hint_mono, b.hint_gen = at - now, time.monotonic(), self._rebook_gen
-                b.due_mono = b.asked_mono + (at - now)
+                b.hint, b.hint_mono, b.hint_gen = at - now, self._mono(), self._rebook_gen
         if b.leased or b.ahead:
             self._ensure_heartbeat()
         if dv != self._dv:
@@ -576,10 +669,23 @@ class RedisRateLimiter:
 
     def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
         """Book capacity at once, all or nothing across every limit (one round trip)."""
-        return self._run(self._reserve_op(tokens, requests))
+        res, b = self._new_booking(tokens, requests)
+        try:
+            return self._run(self._reserve_op(res, b))
+        except BaseException:
+            if b.unsure:  # interrupted while Redis may have booked it: give it back
+                self._run(self._cancel_op(res))
+            raise
 
     async def areserve(self, tokens: float, requests: float = 1.0) -> Reservation:
-        return await self._arun(self._reserve_op(tokens, requests))
+        res, b = self._new_booking(tokens, requests)
+        try:
+            return await self._arun(self._reserve_op(res, b))
+        except BaseException:
+            if b.unsure:  # cancelled while Redis may have booked it: give it back
+                with anyio.CancelScope(shield=True):
+                    await self._arun(self._cancel_op(res))
+            raise
 
     # -- delay ------------------------------------------------------------------------------
     def _grant(self, res: Reservation, b: _Booking) -> float:
@@ -589,10 +695,12 @@ class RedisRateLimiter:
                 self._track(b)
             if res.state is State.SCHEDULED:
                 res.state = State.GRANTED
-                waited = time.monotonic() - b.created_mono
+                waited = self._mono() - b.created_mono
                 self._s["requests_admitted"] += 1
                 self._s["wait_seconds_total"] += waited
                 self._s["wait_seconds_max"] = max(self._s["wait_seconds_max"], waited)
+                if b.local is None:
+                    self._ledger.add(b.specs, res.slots, res.tokens, res.requests, now=res.at)
         return 0.0
 
     def _local_delay(self, res: Reservation, b: _Booking) -> float:
@@ -622,7 +730,30 @@ class RedisRateLimiter:
             b.spec,
             self._slots(res, b),
             "1" if b.ahead else "0",
+            self._epoch,
         )
+
+    def _queued_wait(self, b: _Booking, place: int) -> float:
+        """How long a caller queued for an in-flight slot sleeps before asking again.
+
+        Only the promotion of a waiter near the front (within two turnovers of the cap) can
+        be due at any moment: those ask every ``queue_poll``. One further back sleeps half
+        the time the queue would take to bring it there at the pace it moved since its last
+        answer, doubling while the queue does not move, up to ``QUEUE_POLL_MAX``: 2,000
+        queued callers cost about a thousand script calls a second, not a hundred thousand.
+        """
+        now = time.monotonic()
+        front = 2 * (self._max_inflight or 1)
+        seen, b.queue_seen = b.queue_seen, (place, now)
+        if place < front:
+            wait = self._poll
+        elif seen is not None and place < seen[0]:
+            pace = (seen[0] - place) / max(now - seen[1], 1e-3)  # places per second
+            wait = (place - front + 1) / pace / 2
+        else:
+            wait = 2 * max(b.queue_wait, self._poll)
+        b.queue_wait = min(max(wait, self._poll), self._poll_max)
+        return b.queue_wait
 
     def _delay_op(self, res: Reservation) -> _Op[float]:
         if res.state is State.CANCELLED:
@@ -645,7 +776,7 @@ class RedisRateLimiter:
                 raise
         if res.state is State.SCHEDULED and b.hint is not None:
             hint, b.hint = b.hint, None
-            elapsed = time.monotonic() - b.hint_mono
+            elapsed = self._mono() - b.hint_mono
             if elapsed < HINT_SECONDS and b.hint_gen == self._rebook_gen:
                 if hint - elapsed > 0:
                     return hint - elapsed
@@ -654,8 +785,11 @@ class RedisRateLimiter:
         try:
             if self._outage is not None and not self._is_down():
                 yield from self._recovery_steps()
-            b.asked_mono = time.monotonic()
-            reply = _text((yield _Eval("check", self._check_args(res, b)))).split()
+            while True:
+                reply = _text((yield _Eval("check", self._check_args(res, b), b.member))).split()
+                if reply[0] != "epoch":
+                    break
+                yield from self._recharge_op(reply[3])
         except Exception as exc:
             if b.failing_since is None:
                 b.failing_since = time.monotonic()
@@ -669,12 +803,19 @@ class RedisRateLimiter:
         status = reply[0]
         if status == "queued":
             self._learn_clock(float(reply[2]))
-            return self._poll
-        if status == "ok" and res.state is State.SCHEDULED:
+            return self._queued_wait(b, int(float(reply[1])))
+        if status in ("ok", "granted") and res.state is State.SCHEDULED:
             at, now = float(reply[1]), float(reply[2])
             self._learn_clock(now)
-            b.due_mono = b.asked_mono + (at - now)
-            if at > now:
+            if status == "granted":
+                # It goes now, late: counted from ``at``, in these slots (due_at stays: the
+                # booked time, from which anchor() measures the lag).
+                slots = {i: int(float(k)) for i, k in enumerate(reply[5 : 5 + len(b.specs)])}
+                with self._lock:
+                    if slots != res.slots:  # moved, as by an anchor: no hint holds any more
+                        self._rebook_gen += 1
+                    res.at, res.slots = at, slots
+            elif at > now:
                 return at - now
             b.counted = True
             return self._grant(res, b)
@@ -702,21 +843,26 @@ class RedisRateLimiter:
             res.state = State.CANCELLED
             res.settled = True
             self._s["requests_cancelled"] += 1
-            if prior is State.QUEUED:
-                self._queued_local -= 1
             if not was_settled:
                 self._s["tokens_reserved"] -= res.tokens
-            leased = self._release_locked(res, b)
+            self._release_locked(res, b)
             held_ahead = b is not None and b.ahead
             if b is not None:
+                if b.queued:
+                    b.queued = False
+                    self._queued_local -= 1
                 b.ahead = False  # the cancel script drops its ahead-of-now record
                 self._track(b)
+                if prior is State.GRANTED and not was_settled and b.local is None:
+                    self._ledger.add(b.specs, res.slots, -res.tokens, -res.requests, now=res.at)
         if b is None:
             return
         if b.local is not None:
             self._fallback_limiter().cancel(b.local)
             return
-        mode = "q" if prior is State.QUEUED else "s"
+        # Where Redis holds it, the script finds it by member (see cancel.lua); "u": a reserve
+        # whose reply never came, "q": queued as far as this process knows.
+        mode = "u" if b.unsure else "q" if prior is State.QUEUED else "s"
         yield from self._after(
             _Eval(
                 "cancel",
@@ -726,13 +872,13 @@ class RedisRateLimiter:
                     repr(res.tokens),
                     repr(res.requests),
                     b.epoch,
-                    "1" if leased else "0",
                     "0" if was_settled else "1",
                     repr(res.at),
                     b.spec,
                     self._slots(res, b),
                     "1" if held_ahead else "0",
                 ),
+                b.member,
             )
         )
 
@@ -761,13 +907,15 @@ class RedisRateLimiter:
                 self._s["tokens_charged"] += diff
             else:
                 self._s["tokens_refunded"] -= diff
+            if res.state is State.GRANTED and b.local is None:
+                self._ledger.add(b.specs, res.slots, diff, 0.0, now=self.now())
         if b.local is not None:
             self._fallback_limiter().settle(b.local, actual)
             if diff > 0 and self._outage is not None:
                 self._outage.tokens += diff
             return
         reply = yield from self._after(
-            _Eval("settle", (b.member, repr(diff), b.epoch, b.spec, self._slots(res, b)))
+            _Eval("settle", (b.member, repr(diff), b.epoch, b.spec, self._slots(res, b)), b.member)
         )
         if reply is None and diff > 0:
             with self._lock:  # debt Redis did not hear about: charge it when Redis is back
@@ -842,10 +990,6 @@ class RedisRateLimiter:
         with self._lock:
             if b is None or res.state is not State.GRANTED or res.settled:
                 return
-            if res.due_local > 0 and b.due_mono > 0:
-                # The lag is counted from ``due_local``, when this process learnt it could
-                # go; it was due on Redis's clock a reply's trip (and a busy loop) earlier.
-                lag += max(0.0, res.due_local - b.due_mono)
             if lag <= self._margin:
                 return
             at, slots = res.at, self._slots(res, b)
@@ -868,6 +1012,7 @@ class RedisRateLimiter:
                     b.spec,
                     slots,
                 ),
+                b.member,
             )
         )
         if reply is None:
@@ -883,8 +1028,10 @@ class RedisRateLimiter:
                 self._rebook_gen += 1  # this process's waiters re-check rather than trust a hint
             # Only if nothing (a settle, a cancel) touched it meanwhile.
             if res.at == at and res.state is State.GRANTED and not res.settled:
+                self._ledger.add(b.specs, res.slots, -res.tokens, -res.requests, now=res.at)
                 res.at = float(words[1])
                 res.slots = new_slots
+                self._ledger.add(b.specs, res.slots, res.tokens, res.requests, now=res.at)
 
     def anchor(self, res: Reservation, lag: float) -> None:
         """The request left ``lag`` seconds after it was due to go: count it from then, for
@@ -1088,9 +1235,8 @@ class RedisRateLimiter:
             return
         try:
             for i in range(0, len(members), 500):
-                self._conns.scripts["renew"](
-                    keys=self._all_keys, args=(repr(self._lease), *members[i : i + 500])
-                )
+                args = self._script_args((repr(self._lease), *members[i : i + 500]))
+                self._conns.scripts["renew"](keys=self._all_keys, args=args)
         except Exception as exc:  # the next beat tries again; leases outlive a few misses
             log.debug("lease renewal failed: %s", type(exc).__name__)
 

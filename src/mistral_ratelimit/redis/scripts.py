@@ -32,10 +32,16 @@ def _read(name: str) -> str:
     return (resources.files(__package__) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
-def script_sources() -> dict[str, str]:
-    """Each script's full text: the shared functions followed by its body."""
+def script_sources(*, test_clock: bool = False) -> dict[str, str]:
+    """Each script's full text: the shared functions followed by its body.
+
+    With ``test_clock`` the scripts read the time from their last argument instead of Redis
+    ``TIME`` (a fake clock for tests). They differ from the production scripts, so no Redis
+    writer can move a production budget's clock.
+    """
+    head = f"local TEST_CLOCK = {'true' if test_clock else 'false'}\n"
     common = _read("common")
-    return {name: f"{common}\n-- {name}\n{_read(name)}" for name in SCRIPT_NAMES}
+    return {name: f"{head}{common}\n-- {name}\n{_read(name)}" for name in SCRIPT_NAMES}
 
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
@@ -86,6 +92,10 @@ class Keys:
             f"{tag}:ahead",
             f"{tag}:ahead-data",
         )
+
+    def marker(self, member: str) -> bytes:
+        """One booking's marker (KEYS[9] of the scripts that take it, see common.lua)."""
+        return f"{self.state.removesuffix(':state')}:g:{member}".encode()
 
     def all(self) -> list[bytes]:
         """Encoded once: redis-py passes bytes through without work."""

@@ -43,4 +43,4 @@ if disc and disc ~= '' and redis.call('HGET', KEYS[1], 'disc') ~= disc then
   S.dv = tostring(redis.call('HINCRBY', KEYS[1], 'dv', 1))
 end
 save(ws)
-return {S.dv, fmt(S.now)}
+return done({S.dv, fmt(S.now)})

@@ -7,7 +7,7 @@
 -- {slot1, amount1, slot2, amount2, ...} sorted by slot, in field "w:<window id>" of the
 -- state hash: constant size per limit.
 --
--- KEYS[1] state hash   now, tail, pause, epoch, offset, dv, disc, ticket, w:<id>...
+-- KEYS[1] state hash   now, tail, pause, epoch, dv, disc, ticket, w:<id>...
 -- KEYS[2] stats hash   global counters
 -- KEYS[3] zset         in-flight leases: member -> lease expiry
 -- KEYS[4] zset         concurrency queue: member -> arrival ticket
@@ -20,27 +20,40 @@
 --                      waiter an anchor broke) can re-book waiting bookings, whoever owns
 --                      them, in arrival order (seq breaks ties of at). This record, not the
 --                      owner's copy, is the booking while it waits.
+-- KEYS[9] string       (reserve, check, cancel, anchor, settle) the booking's marker,
+--                      "at gen slot1 ... slotn", for MARK_TTL_MS once it is due or granted: where
+--                      its charge sits when no waiting record holds it, so that a cancel, or a
+--                      call retried after its reply was lost, finds it (and gives it back or
+--                      answers the same once, never twice).
 --
--- Numbers go back to the client as strings: Redis truncates Lua numbers to integers.
+-- Every key gets its TTL from the script that writes it: each write names the key and how
+-- long it must live (expire, expire_life), and done(), through which every script returns,
+-- sets the TTLs. Numbers go back to the client as strings: Redis truncates Lua numbers.
 
 local SLOTS = 100
 local LONG_WINDOW = 86400
 local LONG_WAIT = 60
 local SLACK_MS = 60000
 local DONE_TTL = 120
+local MARK_TTL_MS = 10000
 
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
 local function fmt(x) return string.format('%.17g', x) end
 
-local S = {}
+local S = {ttl = {}, life = {}, horizon = 0}
 
--- Redis TIME, plus the optional test offset, never behind the last time any script saw.
+-- Redis TIME (a test clock's reading, the last argument, in scripts built for tests: see
+-- scripts.py), never behind the last time any script saw. Called first by every script.
 local function load_state()
-  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'offset', 'dv', 'exp',
-                       'gen')
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000 + (tonumber(v[5]) or 0)
+  local v = redis.call('HMGET', KEYS[1], 'now', 'tail', 'pause', 'epoch', 'dv', 'gen')
+  local now
+  if TEST_CLOCK then
+    now = tonumber(table.remove(ARGV))
+  else
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
   local last = tonumber(v[1]) or 0
   if now < last then now = last end
   S.now = now
@@ -48,20 +61,45 @@ local function load_state()
   S.pause = tonumber(v[3]) or 0
   S.epoch = v[4]
   if not S.epoch then S.epoch = fmt(now) end
-  S.dv = v[6] or '0'
-  S.exp = tonumber(v[7]) or 0
+  S.dv = v[5] or '0'
   -- Bumped by every anchor that moved a granted request later: bookings made against an
   -- older generation check that they still fit when their owner next asks (check.lua).
-  S.gen = tonumber(v[8]) or 0
-  S.horizon = 0
+  S.gen = tonumber(v[6]) or 0
 end
 
--- Expire ``key`` no sooner than ``ms`` from now; never shortens a longer TTL that another
--- worker (with a longer window) set.
-local function keep(key, ms)
+-- This script wrote ``key``, which must then live at least ``ms`` more (see done()).
+local function expire(key, ms)
   ms = math.ceil(ms)
-  local p = redis.call('PTTL', key)
-  if p == -1 or (p >= 0 and p < ms) then redis.call('PEXPIRE', key, ms) end
+  if (S.ttl[key] or 0) < ms then S.ttl[key] = ms end
+end
+
+-- This script wrote ``key`` (the state or stats hash), which must live until every booking in
+-- it has expired, plus SLACK: computed in done(), once the tail is final.
+local function expire_life(key) S.life[key] = true end
+
+-- Give every key this script wrote its TTL, then return ``reply``. A TTL is lengthened only
+-- once it falls half a slack short (so most calls skip the PEXPIRE), and never shortened: a
+-- worker with a longer window may have set more.
+local function done(reply)
+  local life = (math.max(S.tail, S.pause, S.now) + S.horizon - S.now) * 1000 + SLACK_MS
+  for key in pairs(S.life) do expire(key, life) end
+  for key, ms in pairs(S.ttl) do
+    local p = redis.call('PTTL', key)
+    if p == -1 or (p >= 0 and p < ms - SLACK_MS / 2) then redis.call('PEXPIRE', key, ms) end
+  end
+  return reply
+end
+
+local function state_incr(field)
+  expire_life(KEYS[1])
+  return redis.call('HINCRBY', KEYS[1], field, 1)
+end
+
+local function stat(field, x)
+  if x ~= 0 then
+    redis.call('HINCRBYFLOAT', KEYS[2], field, fmt(x))
+    expire_life(KEYS[2])
+  end
 end
 
 local function words(text)
@@ -87,9 +125,11 @@ end
 -- ``reg`` (optional) shares window objects by id between several specs in one script (a
 -- re-booking touches every waiter's windows): each ring is read and written once.
 local function parse_windows(spec, reg)
+  local parsed = reg and reg.byspec[spec]
+  if parsed then return parsed, parsed.margin end
   local a = words(spec)
   local margin, n = tonumber(a[1]), tonumber(a[2])
-  local ws, fields, fresh = {spec = spec}, {}, {}
+  local ws, fields, fresh = {spec = spec, margin = margin}, {}, {}
   for i = 1, n do
     local b = 3 + (i - 1) * 4
     local per, id = tonumber(a[b + 2]), a[b]
@@ -99,6 +139,7 @@ local function parse_windows(spec, reg)
     else
       ws[i] = {id = id, amount = tonumber(a[b + 1]), per = per, tokens = a[b + 3] == '1',
                d = per / SLOTS, h = per + margin, dirty = false, fast = false}
+      if per + margin + per / SLOTS > S.horizon then S.horizon = per + margin + per / SLOTS end
       fresh[#fresh + 1] = ws[i]
       for _, p in ipairs({'w:', 't:', 'f:', 'l:', 'a:'}) do fields[#fields + 1] = p .. id end
       if reg then
@@ -122,10 +163,11 @@ local function parse_windows(spec, reg)
       end
     end
   end
+  if reg then reg.byspec[spec] = ws end
   return ws, margin
 end
 
-local function registry() return {byid = {}, list = {}} end
+local function registry() return {byid = {}, byspec = {}, list = {}} end
 
 local function add_to_ring(r, k, amount)
   local i = #r - 1
@@ -240,17 +282,52 @@ local function cost_of(w, tokens, requests)
   return requests
 end
 
+-- earliest_fit for a run of bookings at non-decreasing times (a re-booking pass): ``c``
+-- remembers where the ring stops counting and what it holds from there, so each ring is
+-- walked once for the whole run, not once per booking. Only valid while every charge goes
+-- at or after the ring's newest slot, as it does in such a run.
+local function fit_from(w, c, t0, cost)
+  local r = w.ring
+  while c.i < #r and expiry(w, r[c.i]) <= t0 do
+    c.live = c.live - r[c.i + 1]
+    c.i = c.i + 2
+  end
+  local room, used = w.amount - cost, c.live
+  if used <= room + 1e-9 then return t0 end
+  for j = c.i, #r, 2 do
+    used = used - r[j + 1]
+    if used <= room + 1e-9 then return expiry(w, r[j]) end
+  end
+  return t0
+end
+
+local function cursor(cursors, w)
+  local c = cursors[w]
+  if not c then
+    prune(w, S.now)
+    ring(w)
+    c = {i = 1, live = w.total}
+    cursors[w] = c
+  end
+  return c
+end
+
 -- Book at the earliest time every window has room, never before the newest booking (FIFO
 -- across every worker) nor inside a pause, nor before ``not_before`` (a re-booked waiter's
--- old time). Returns at, slots; or nil, binding index when a long (monthly) window would
--- make the caller wait for hours.
-local function book(ws, tokens, requests, not_before)
+-- old time). ``cursors`` (a table) marks a run of bookings (see fit_from). Returns at, slots;
+-- or nil, binding index when a long (monthly) window would make the caller wait for hours.
+local function book(ws, tokens, requests, not_before, cursors)
   local now = S.now
   local t0 = math.max(now, S.tail, S.pause, not_before or 0)
   local at, binding = t0, 0
   for i, w in ipairs(ws) do
-    prune(w, now)
-    local t = earliest_fit(w, t0, cost_of(w, tokens, requests))
+    local cost, t = cost_of(w, tokens, requests), nil
+    if cursors then
+      t = fit_from(w, cursor(cursors, w), t0, cost)
+    else
+      prune(w, now)
+      t = earliest_fit(w, t0, cost)
+    end
     if t > at then at, binding = t, i end
   end
   if binding > 0 and ws[binding].per >= LONG_WINDOW and at - now > LONG_WAIT then
@@ -258,8 +335,9 @@ local function book(ws, tokens, requests, not_before)
   end
   local slots = {}
   for i, w in ipairs(ws) do
-    local k = math.floor(at / w.d)
-    add(w, k, cost_of(w, tokens, requests))
+    local k, cost = math.floor(at / w.d), cost_of(w, tokens, requests)
+    add(w, k, cost)
+    if cursors then cursors[w].live = cursors[w].live + cost end
     slots[i] = k
   end
   S.tail = at
@@ -306,16 +384,12 @@ local function first_time(member)
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', fmt(S.now))
   if redis.call('ZSCORE', KEYS[6], member) then return false end
   redis.call('ZADD', KEYS[6], fmt(S.now + DONE_TTL), member)
-  keep(KEYS[6], DONE_TTL * 1000 + SLACK_MS)
+  expire(KEYS[6], DONE_TTL * 1000 + SLACK_MS)
   return true
 end
 
--- Keys live until every booking in them has expired, plus SLACK. The TTL is refreshed only
--- when the deadline it must cover passes the one already set (field "exp") minus half the
--- slack, not on every call; it is only ever lengthened.
 local function save(ws)
   local args = {'now', fmt(S.now), 'tail', fmt(S.tail), 'pause', fmt(S.pause), 'epoch', S.epoch}
-  local horizon = 0
   for _, w in ipairs(ws) do
     if w.dirty then
       local r = w.ring
@@ -331,23 +405,20 @@ local function save(ws)
       args[#args + 1] = 't:' .. w.id
       args[#args + 1] = fmt(w.total)
     end
-    if w.h + w.d > horizon then horizon = w.h + w.d end
   end
-  local need = math.max(S.tail, S.pause, S.now) + horizon + SLACK_MS / 1000
-  if need > S.exp - SLACK_MS / 2000 then
-    S.exp = need
-    args[#args + 1] = 'exp'
-    args[#args + 1] = fmt(need)
-    redis.call('HSET', KEYS[1], unpack(args))
-    keep(KEYS[1], (need - S.now) * 1000)
-    keep(KEYS[2], (need - S.now) * 1000)
-  else
-    redis.call('HSET', KEYS[1], unpack(args))
-  end
+  redis.call('HSET', KEYS[1], unpack(args))
+  expire_life(KEYS[1])
 end
 
-local function stat(field, x)
-  if x ~= 0 then redis.call('HINCRBYFLOAT', KEYS[2], field, fmt(x)) end
+-- A client that knew another epoch (Redis lost its state since) first charges what it
+-- granted there (charge.lua), or it would book into an empty budget that the requests it
+-- sent in the last window still fill at the API. The new epoch is stored at once, so that
+-- every worker meets the same one.
+local function epoch_changed(known)
+  if known == nil or known == '' or known == S.epoch then return false end
+  redis.call('HSET', KEYS[1], 'epoch', S.epoch)
+  expire_life(KEYS[1])
+  return true
 end
 
 -- reserve and check answer with one string: "status at now epoch dv [slots...]".
@@ -361,19 +432,41 @@ local function booked_reply(status, at, slots)
   return table.concat(out, ' ')
 end
 
+-- Joins the concurrency queue (once); returns the member's place in it (0: next).
 local function queue_up(member, qlease)
   if not redis.call('ZSCORE', KEYS[4], member) then
-    local ticket = redis.call('HINCRBY', KEYS[1], 'ticket', 1)
-    redis.call('ZADD', KEYS[4], ticket, member)
+    redis.call('ZADD', KEYS[4], state_incr('ticket'), member)
   end
   redis.call('ZADD', KEYS[5], fmt(S.now + qlease), member)
-  keep(KEYS[4], qlease * 1000 + SLACK_MS)
-  keep(KEYS[5], qlease * 1000 + SLACK_MS)
+  expire(KEYS[4], qlease * 1000 + SLACK_MS)
+  expire(KEYS[5], qlease * 1000 + SLACK_MS)
+  return redis.call('ZRANK', KEYS[4], member)
 end
 
 local function take_lease(member, lease)
   redis.call('ZADD', KEYS[3], fmt(S.now + lease), member)
-  keep(KEYS[3], lease * 1000 + SLACK_MS)
+  expire(KEYS[3], lease * 1000 + SLACK_MS)
+end
+
+-- The booking's marker (KEYS[9]): where a due or granted booking's charge sits, and the
+-- generation it was checked against (as a waiting record's, see check.lua).
+local function mark(at, slots)
+  local out = {fmt(at), tostring(S.gen)}
+  for i = 1, #slots do out[#out + 1] = fmt(slots[i]) end
+  redis.call('SET', KEYS[9], table.concat(out, ' '), 'PX', MARK_TTL_MS)
+end
+
+-- What a cancel leaves in the marker: a call abandoned by its caller that reaches Redis
+-- after its cancel (on another connection) must not book.
+local CANCELLED = '-'
+
+-- at, slots, gen; nil without a marker.
+local function read_mark()
+  local v = redis.call('GET', KEYS[9])
+  if not v or v == CANCELLED then return nil end
+  local n = numbers(v)
+  local at, gen = table.remove(n, 1), table.remove(n, 1)
+  return at, n, gen
 end
 
 -- A booking ahead of now is held for its owner by a lease the owner keeps renewing; if the
@@ -404,17 +497,35 @@ local function read_ahead(b)
   return at, slots, seq, spec, gen or 0
 end
 
+local function expire_ahead(lease)
+  expire(KEYS[7], lease * 1000 + SLACK_MS)
+  expire(KEYS[8], lease * 1000 + SLACK_MS)
+end
+
+-- Its waiting record is the booking from now on: a marker left from when it was due (a
+-- booking moved behind a pause) would be a second, stale copy (S.unmarked: known to be none).
 local function hold_ahead(member, ws, slots, tokens, requests, lease, at)
-  local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+  local seq = state_incr('seq')
   redis.call('ZADD', KEYS[7], fmt(S.now + lease), member)
   redis.call('HSET', KEYS[8], member, ahead_blob(ws, slots, tokens, requests, at, seq, S.gen))
-  keep(KEYS[7], lease * 1000 + SLACK_MS)
-  keep(KEYS[8], lease * 1000 + SLACK_MS)
+  expire_ahead(lease)
+  if not S.unmarked then redis.call('DEL', KEYS[9]) end
 end
 
 local function drop_ahead(member)
   redis.call('ZREM', KEYS[7], member)
   redis.call('HDEL', KEYS[8], member)
+end
+
+-- Where ``member``'s booking is now: its waiting record, else its marker. Nil for neither.
+local function find_booking(member)
+  local raw = redis.call('HGET', KEYS[8], member)
+  if raw then
+    local at, slots = read_ahead(cmsgpack.unpack(raw))
+    if at then return at, slots, true end
+  end
+  local at, slots = read_mark()
+  return at, slots, false
 end
 
 local function reap(ws, margin)
@@ -454,6 +565,7 @@ local function reap(ws, margin)
       local r = ring(w)
       redis.call('HSET', KEYS[1], 'w:' .. w.id, cmsgpack.pack(r), 't:' .. w.id, fmt(w.total),
                  'f:' .. w.id, r[1] and fmt(r[1]) or '', 'l:' .. w.id, r[1] and fmt(r[#r - 1]) or '', 'a:' .. w.id, '0')
+      expire_life(KEYS[1])
     end
   end
   S.tail = math.huge
@@ -468,37 +580,94 @@ local function book_and_reply(ws, member, tokens, requests, maxif, lease, status
     return answer('exhausted', when) .. ' ' .. tostring(slots)
   end
   if maxif > 0 then take_lease(member, lease) end
-  if at > S.now then hold_ahead(member, ws, slots, tokens, requests, lease, at) end
+  if at > S.now then
+    hold_ahead(member, ws, slots, tokens, requests, lease, at)
+  else
+    mark(at, slots)
+    stat('requests_admitted', 1)
+  end
   if count then stat('tokens_reserved', tokens) end
-  if at <= S.now then stat('requests_admitted', 1) end
   save(ws)
   return booked_reply(status, at, slots)
 end
 
--- Whether the window ending at ``at`` holds the booking in ``slots``, given what was granted
--- since it was booked (limiter/memory.py's _still_fits): the window ending at a grant is the
--- only one a later anchor can break.
-local function still_fits(ws, slots, at)
+-- Count a granted booking from ``new_at`` instead (never earlier): in every window its charge
+-- leaves its slot for slot(new_at); a slot already forgotten held a charge that had expired,
+-- which counts again from there, when the request really went. Waiting bookings are not
+-- touched: the generation goes up, and each checks that it still fits when its owner next
+-- asks (check.lua). Returns whether anything moved.
+local function move_later(ws, slots, tokens, requests, new_at)
+  local moved = false
+  for i, w in ipairs(ws) do
+    local k, nk = slots[i], math.floor(new_at / w.d)
+    if k and k ~= nk then
+      local cost = cost_of(w, tokens, requests)
+      if has_slot(w, k) then add(w, k, -cost) end
+      add(w, nk, cost)
+      slots[i] = nk
+      moved = true
+    end
+  end
+  if moved then
+    stat('anchored', 1)
+    S.gen = state_incr('gen')
+    if new_at > S.tail then S.tail = new_at end
+  end
+  return moved
+end
+
+-- Whether the window ending when the booking in ``slots`` goes, t = max(at, now), holds it
+-- (limiter/memory.py's _still_fits): every request that can have gone by t sits in a slot no
+-- later than slot(t), so the slots up to there still live at t bound what the server sees;
+-- its own charge counts even if its slot expired before t (a caller late by a window).
+local function still_fits(ws, slots, at, tokens, requests)
+  local t = math.max(at, S.now)
   for i, w in ipairs(ws) do
     local key = slots[i]
     if key then
-      local r, used = ring(w), 0
+      local r, used, last = ring(w), 0, math.floor(t / w.d)
       for j = 1, #r, 2 do
-        if r[j] <= key and expiry(w, r[j]) > at then used = used + r[j + 1] end
+        if r[j] > last then break end
+        if expiry(w, r[j]) > t then used = used + r[j + 1] end
       end
+      if expiry(w, key) <= t then used = used + cost_of(w, tokens, requests) end
       if used > w.amount + 1e-9 then return false end
     end
   end
   return true
 end
 
+-- Give back ``amounts`` (slot -> amount) from one ring in a single pass. Slots left empty
+-- are dropped, so that the bookings made next are appended at the ring's end.
+local function give_back(w, amounts)
+  local r, out = ring(w), {}
+  for i = 1, #r, 2 do
+    local a, new = amounts[r[i]], r[i + 1]
+    if a then
+      new = new - a
+      if new < 0 then new = 0 end
+      w.total = w.total + new - r[i + 1]
+    end
+    if new > 0 then
+      out[#out + 1] = r[i]
+      out[#out + 1] = new
+    end
+  end
+  w.ring, w.dirty = out, true
+end
+
 -- Re-book bookings still waiting (held ahead of now), whoever owns them, in arrival order,
 -- from the first one for which starts(entry) holds (a pause: the first it caught; a waiter an
--- anchor broke: that waiter). As limiter/memory.py's _rebook_waiting, a booking never moves
--- earlier than it was: its owner may be asleep until its old time and learns the new one
--- only when it wakes (check.lua), so an earlier slot would count a request before it really
--- leaves. Returns how many moved.
-local function rebook_waiting(reg, starts)
+-- anchor broke, or that asked late: that waiter), with every one after it. ``extra`` is the
+-- caller's own booking when no waiting record holds it (booked for "now", asked late): it
+-- takes its place among them by time, and its new booking is left in extra.at_new /
+-- extra.slots_new for the caller. As limiter/memory.py's _rebook_waiting, a booking never
+-- moves earlier than it was: its owner may be asleep until its old time and learns the new
+-- one only when it wakes (check.lua), so an earlier slot would count a request before it
+-- really leaves. Linear in the number of waiting bookings: they are given back slot by slot
+-- in one pass per ring, and booked again in order, each ring walked once (fit_from).
+-- Returns how many moved.
+local function rebook_waiting(reg, starts, extra)
   local all = redis.call('HGETALL', KEYS[8])
   local list = {}
   for i = 1, #all, 2 do
@@ -509,6 +678,7 @@ local function rebook_waiting(reg, starts)
                          slots = slots, seq = seq, spec = spec}
     end
   end
+  if extra then list[#list + 1] = extra end
   table.sort(list, function(x, y)
     if x.at ~= y.at then return x.at < y.at end
     return x.seq < y.seq
@@ -518,25 +688,40 @@ local function rebook_waiting(reg, starts)
     if starts(e) then first = i break end
   end
   if not first then return 0 end
-  local moving = {}
-  for i = first, #list do moving[#moving + 1] = list[i] end
-  for _, e in ipairs(moving) do
+  local moving, back = {}, {}
+  for i = first, #list do
+    local e = list[i]
+    moving[#moving + 1] = e
     e.ws = parse_windows(e.spec, reg)
-    unbook(e.ws, e.slots, e.tokens, e.requests)
+    for j, w in ipairs(e.ws) do
+      local k = e.slots[j]
+      if k then
+        local m = back[w]
+        if not m then m = {} back[w] = m end
+        m[k] = (m[k] or 0) + cost_of(w, e.tokens, e.requests)
+      end
+    end
   end
+  for w, m in pairs(back) do give_back(w, m) end
   rewind_tail(reg.list, math.huge)
   if first > 1 and list[first - 1].at > S.tail then S.tail = list[first - 1].at end
+  local cursors, records = {}, {}
   for _, e in ipairs(moving) do
-    local at, slots = book(e.ws, e.tokens, e.requests, e.at)
-    if at then
-      redis.call('HSET', KEYS[8], e.member,
-                 ahead_blob(e.ws, slots, e.tokens, e.requests, at, e.seq, S.gen))
+    local at, slots = book(e.ws, e.tokens, e.requests, e.at, cursors)
+    if e == extra then
+      extra.at_new, extra.slots_new = at, slots
+    elseif at then
+      records[#records + 1] = e.member
+      records[#records + 1] = ahead_blob(e.ws, slots, e.tokens, e.requests, at, e.seq, S.gen)
     else
       -- A monthly budget would make it wait for hours: its owner's next delay() finds the
       -- record gone, books again and is told so (BudgetExhausted).
       drop_ahead(e.member)
       stat('tokens_reserved', -e.tokens)
     end
+  end
+  for i = 1, #records, 1000 do
+    redis.call('HSET', KEYS[8], unpack(records, i, math.min(i + 999, #records)))
   end
   return #moving
 end

@@ -9,9 +9,10 @@ if stop > S.pause then
   S.pause = stop
   -- Every booking made since the last pause already sits behind it: only a longer pause
   -- can catch a waiter. Re-booked now, in order, rather than each by its owner when it
-  -- wakes, which would put it behind everyone who arrived meanwhile.
+  -- wakes, which would put it behind everyone who arrived meanwhile (see docs/redis.md
+  -- for the cost: linear in the waiting bookings).
   moved = rebook_waiting(reg, function(e) return e.at < S.pause end)
 end
 if ARGV[2] == '1' then stat('rate_limited_seen', 1) end
 save(reg.list)
-return {fmt(S.pause), fmt(S.now), tostring(moved)}
+return done({fmt(S.pause), fmt(S.now), tostring(moved)})

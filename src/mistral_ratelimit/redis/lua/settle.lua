@@ -1,10 +1,12 @@
 -- settle: ARGV member, diff (actual - estimate), epoch, window spec, slots ("k1 k2 ...").
+-- KEYS[9]: the booking's marker, which holds its slots if an anchor moved it since.
 load_state()
 local member = ARGV[1]
-if not first_time('s|' .. member) then return {'dup', fmt(S.now)} end
+if not first_time('s|' .. member) then return done({'dup', fmt(S.now)}) end
 local diff = tonumber(ARGV[2])
 local ws = parse_windows(ARGV[4])
-local slots = numbers(ARGV[5])
+local _, marked = read_mark()
+local slots = marked or numbers(ARGV[5])
 local lost = ARGV[3] ~= S.epoch
 for i, w in ipairs(ws) do
   if w.tokens then
@@ -21,4 +23,4 @@ end
 -- Counted once per reservation however many token windows it sits in (as memory.py).
 if diff < 0 then stat('tokens_refunded', -diff) else stat('tokens_charged', diff) end
 save(ws)
-return {'ok', fmt(S.now)}
+return done({'ok', fmt(S.now)})
