@@ -483,14 +483,7 @@ def test_adopt_replaces_tier_defaults_with_the_servers_limits(make_limiter: Make
     assert [limiter.delay(r) for r in burst] == [0.0] * 10
 
 
-def _pending_on_redis(make_limiter: MakeLimiter) -> None:
-    # TEMPORARY, removed in the Redis discovery commit that follows this one.
-    if getattr(make_limiter, "backend", "") == "redis":
-        pytest.skip("Redis: learnt limits following later reports is the next commit")
-
-
 def test_adopt_never_replaces_explicit_limits(make_limiter: MakeLimiter) -> None:
-    _pending_on_redis(make_limiter)
     cfg = RatelimitConfig(api_key="sk-x", requests_per_second=2.0, tokens_per_minute=1000)
     limiter = make_limiter(cfg)
     before = set(limiter.stats().limits)
@@ -508,7 +501,6 @@ def test_adopt_never_replaces_explicit_limits(make_limiter: MakeLimiter) -> None
 def test_learnt_limits_follow_the_server(make_limiter: MakeLimiter) -> None:
     """A tier upgrade, or a wrong header corrected by the next response, is learnt: limits
     taken from the server are never frozen, and a tiny wrong one refuses nothing."""
-    _pending_on_redis(make_limiter)
     limiter = make_limiter(RatelimitConfig(api_key="sk-x"))
     limiter.adopt([ObservedLimit("tokens", 60.0, 10, None)])  # a proxy's bogus header
     assert Limit(10, 60.0, "tokens") in limiter.stats().limits
@@ -558,7 +550,6 @@ def test_a_request_larger_than_a_learnt_limit_waits_for_an_empty_window(
 ) -> None:
     """Only a limit the user set refuses a request outright; against one the server
     reported, a larger request goes once that window is empty (the server decides)."""
-    _pending_on_redis(make_limiter)
     limiter = make_limiter(RatelimitConfig(api_key="sk-x"), max_concurrency=1)
     running = limiter.reserve(0)
     big = limiter.reserve(100_000)  # fits the 500k tier default; queued behind `running`

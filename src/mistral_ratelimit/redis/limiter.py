@@ -334,9 +334,12 @@ class RedisRateLimiter:
         self._offset = redis_now - self._mono()
 
     def _check_fits(self, res: Reservation) -> None:
-        for lim in self._limits:
+        """Only a window the user set refuses a request outright (as memory.py): against
+        one assumed or learnt, a larger request waits for it to be empty (common.lua's
+        ``cost_of`` caps the charge), and the server decides."""
+        for lim, explicit in zip(self._limits, self._explicit, strict=True):
             cost = res.requests if lim.unit == "requests" else res.tokens
-            if cost > lim.amount:
+            if explicit and cost > lim.amount:
                 raise RequestTooLarge(cost, lim.amount, lim.per_seconds, lim.unit)
 
     # -- failure policy ---------------------------------------------------------------------
@@ -1055,8 +1058,10 @@ class RedisRateLimiter:
         await self.apause_for(t - self.now(), rate_limited=False)
 
     def _discover(self, observed: list[ObservedLimit]) -> tuple[list[WindowSpec], str]:
-        """Replace tier defaults by the limits the server reports (as memory.py does).
-        Returns the windows dropped and the reported limits to share with other workers."""
+        """Replace the windows the user did not set by those the server reports, as
+        memory.py does (every report may change them; a window length the user set keeps
+        the user's limit). Returns the windows dropped and the reported limits to share
+        with other workers."""
         dropped: list[WindowSpec] = []
         shared: list[list[Any]] = []
         with self._lock:
@@ -1064,27 +1069,29 @@ class RedisRateLimiter:
                 reported = [
                     o
                     for o in observed
-                    if o.unit == unit
-                    and o.limit
-                    and o.limit > 0
-                    and math.isfinite(o.limit)
-                    and o.per_seconds < LONG_WINDOW_SECONDS
+                    if o.unit == unit and o.limit and o.limit > 0 and math.isfinite(o.limit)
                 ]
                 if not reported:
                     continue
                 shared.extend([unit, o.limit, o.per_seconds] for o in reported)
                 mine = [i for i, lim in enumerate(self._limits) if lim.unit == unit]
-                if any(self._explicit[i] for i in mine):
+                kept = {self._limits[i].per_seconds for i in mine if self._explicit[i]}
+                wanted = [
+                    lim
+                    for o in reported
+                    for lim in discovered_limits(unit, o.limit or 0.0, o.per_seconds)
+                    if not any(math.isclose(lim.per_seconds, seconds) for seconds in kept)
+                ]
+                learnt = [i for i in mine if not self._explicit[i]]
+                if not wanted or {self._limits[i] for i in learnt} == set(wanted):
                     continue
-                dropped.extend(self._specs[i] for i in mine)
-                keep = [i for i in range(len(self._limits)) if i not in mine]
+                dropped.extend(self._specs[i] for i in learnt)
+                keep = [i for i in range(len(self._limits)) if i not in learnt]
                 self._limits = [self._limits[i] for i in keep]
                 self._explicit = [self._explicit[i] for i in keep]
-                for o in reported:
-                    assert o.limit is not None
-                    for lim in discovered_limits(unit, o.limit, o.per_seconds):
-                        self._limits.append(lim)
-                        self._explicit.append(True)
+                for lim in dict.fromkeys(wanted):
+                    self._limits.append(lim)
+                    self._explicit.append(False)
             if dropped:
                 self._set_specs()
                 self._fallback = None

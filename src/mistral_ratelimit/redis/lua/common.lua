@@ -277,9 +277,12 @@ local function has_slot(w, k)
   return false
 end
 
+-- A window the user did not set may be smaller than one request (see limiter.py's
+-- _check_fits): the charge is capped at its amount, so the request waits for it to empty.
 local function cost_of(w, tokens, requests)
-  if w.tokens then return tokens end
-  return requests
+  local cost = requests
+  if w.tokens then cost = tokens end
+  return math.min(cost, w.amount)
 end
 
 -- earliest_fit for a run of bookings at non-decreasing times (a re-booking pass): ``c``
