@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mistral_ratelimit.config import SECONDS_PER_MONTH, Limit, RatelimitConfig
+from mistral_ratelimit.config import SECONDS_PER_MONTH, Default, Limit, RatelimitConfig
 
 SECRET = "sk-SECRET-123"
 
@@ -38,6 +38,24 @@ def test_defaults_match_the_issue() -> None:
     assert cfg.tokens_per_month is None
     assert cfg.max_concurrency is None
     assert cfg.limits == ()
+
+
+def test_a_field_left_unset_is_known_by_its_value() -> None:
+    unset = RatelimitConfig()
+    assert isinstance(unset.timeout, Default)
+    assert isinstance(unset.requests_per_second, Default)
+    # Equal to the defaults, but chosen: never mistaken for unset.
+    chosen = RatelimitConfig(timeout=60.0, requests_per_second=1.0)
+    assert not isinstance(chosen.timeout, Default)
+    assert not isinstance(chosen.requests_per_second, Default)
+    assert not isinstance(unset.replace(timeout=60.0).timeout, Default)
+    assert not isinstance(
+        RatelimitConfig.from_env({"MISTRAL_RATELIMIT_TIMEOUT": "60"}).timeout, Default
+    )
+    assert isinstance(RatelimitConfig.from_env({}).timeout, Default)
+    assert "timeout" not in repr(unset)
+    assert "timeout=60.0" in repr(chosen)
+    assert "requests_per_second=1.0" in repr(chosen)
 
 
 def test_api_key_falls_back_to_mistral_api_key(monkeypatch: pytest.MonkeyPatch) -> None:

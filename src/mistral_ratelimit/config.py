@@ -22,11 +22,14 @@ _UNITS = ("requests", "tokens")
 SECONDS_PER_MONTH = 30 * 86_400.0
 
 
-class TierDefault(float):
-    """A float that remembers it was not chosen by the user.
+class Default(float):
+    """A default value: a float that remembers it was not chosen by the user.
 
-    Limits left at a tier default may be replaced by what the server reports in its
-    ``x-ratelimit-limit-*`` headers; limits the user set explicitly never are.
+    Whether a field was set is a property of its value, not an equality, so an explicit
+    ``timeout=60.0`` counts as set although it equals the default. Limits left at a
+    (tier) default may be replaced by what the server reports in its
+    ``x-ratelimit-limit-*`` headers, limits the user set never are; a timeout left at its
+    default lets the SDK's own per-request timeout apply.
     """
 
     def __repr__(self) -> str:
@@ -76,12 +79,12 @@ class RatelimitConfig:
     """The budget and retry policy shared by every transport built from it."""
 
     api_key: str | None = None
-    requests_per_second: float | None = TierDefault(1.0)
-    tokens_per_minute: float | None = TierDefault(500_000)
+    requests_per_second: float | None = Default(1.0)
+    tokens_per_minute: float | None = Default(500_000)
     max_retries: int = 3
     base_delay: float = 1.0
     max_delay: float = 32.0
-    timeout: float = 60.0
+    timeout: float = Default(60.0)
     tokens_per_month: float | None = None
     max_concurrency: int | None = None
     limits: tuple[Limit, ...] = ()
@@ -105,7 +108,7 @@ class RatelimitConfig:
             raise ValueError("api_key must be a string")
         for name in ("requests_per_second", "tokens_per_minute", "tokens_per_month"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, TierDefault):
+            if value is not None and not isinstance(value, Default):
                 _check_number(name, value)
         for name in ("base_delay", "max_delay", "timeout", "capacity_backoff_factor"):
             _check_number(name, getattr(self, name))
@@ -140,7 +143,10 @@ class RatelimitConfig:
             value = getattr(self, f.name)
             if f.name == "api_key":
                 parts.append(f"api_key={'***' if value else None}")
-            elif f.default is not value and value != f.default:
+            # A value equal to a Default but chosen by the user is shown: it behaves differently.
+            elif value != f.default or (
+                isinstance(f.default, Default) and not isinstance(value, Default)
+            ):
                 parts.append(f"{f.name}={value!r}")
         return f"RatelimitConfig({', '.join(parts)})"
 
@@ -156,10 +162,10 @@ class RatelimitConfig:
         out: list[tuple[Limit, bool]] = []
         rps = self.requests_per_second
         if rps is not None:
-            out.append((pacing_limit(rps), not isinstance(rps, TierDefault)))
+            out.append((pacing_limit(rps), not isinstance(rps, Default)))
         tpm = self.tokens_per_minute
         if tpm is not None:
-            out.append((Limit(tpm, 60.0, "tokens"), not isinstance(tpm, TierDefault)))
+            out.append((Limit(tpm, 60.0, "tokens"), not isinstance(tpm, Default)))
         if self.tokens_per_month is not None:
             out.append((Limit(self.tokens_per_month, SECONDS_PER_MONTH, "tokens"), True))
         out.extend((item, True) for item in self.limits)
@@ -252,4 +258,4 @@ def limits_from(items: Iterable[Limit | tuple[float, float, Unit]]) -> tuple[Lim
     return tuple(i if isinstance(i, Limit) else Limit(*i) for i in items)
 
 
-__all__ = ["SECONDS_PER_MONTH", "Limit", "RatelimitConfig", "TierDefault", "Unit", "field"]
+__all__ = ["SECONDS_PER_MONTH", "Default", "Limit", "RatelimitConfig", "Unit", "field"]

@@ -9,12 +9,11 @@ future SDK adds) is reached exactly as on the SDK.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from types import TracebackType
 from typing import Any
 
-from .config import RatelimitConfig
+from .config import Default, RatelimitConfig
 from .errors import RatelimitError
 from .limiter.base import Limiter, LimiterStats
 from .limiter.memory import RateLimiter
@@ -31,10 +30,6 @@ log = logging.getLogger("mistral_ratelimit")
 
 #: Sent to a loopback server when no key is configured; the emulator accepts any key.
 LOCAL_SERVER_KEY = "mistral-ratelimit-local"
-
-_DEFAULT_TIMEOUT = next(
-    f.default for f in dataclasses.fields(RatelimitConfig) if f.name == "timeout"
-)
 
 
 class MissingApiKey(RatelimitError, ValueError):
@@ -102,7 +97,7 @@ class MistralRatelimitClient:
         self.async_http_client: Any = http.AsyncClient(
             transport=async_rl_transport, timeout=timeout, follow_redirects=True
         )
-        if timeout_ms is None and self.config.timeout != _DEFAULT_TIMEOUT:
+        if timeout_ms is None and not isinstance(self.config.timeout, Default):
             timeout_ms = round(self.config.timeout * 1000)
         self._server_url = server_url
         self._server = server
