@@ -95,8 +95,8 @@ class RatelimitConfig:
     default_max_tokens: int = 1024
     #: Prompt tokens assumed for a stored conversation whose size is not yet known.
     unknown_history_tokens: int = 2048
-    #: 500/502/503/504 are retried only when this is set: a POST that reached the model
-    #: is not safe to repeat.
+    #: 500/502/503/504 and Cloudflare's 520-527 are retried only when this is set: a POST
+    #: that reached the model is not safe to repeat.
     retry_server_errors: bool = False
     #: Extra delay multiplier for Mistral's capacity errors (code 3505), which are not quota.
     capacity_backoff_factor: float = 4.0

@@ -20,9 +20,11 @@ from .limiter.memory import RateLimiter
 from .loop_local import LoopLocalAsyncTransport
 from .sdk import (
     SdkLine,
+    aread_error_body,
     detect_sdk_line,
     install_retry_note,
     is_loopback_url,
+    read_error_body,
 )
 from .transport import shared_estimator
 
@@ -92,10 +94,16 @@ class MistralRatelimitClient:
         )
         timeout = http.Timeout(self.config.timeout)
         self.http_client: Any = http.Client(
-            transport=sync_transport, timeout=timeout, follow_redirects=True
+            transport=sync_transport,
+            timeout=timeout,
+            follow_redirects=True,
+            event_hooks={"response": [read_error_body]},
         )
         self.async_http_client: Any = http.AsyncClient(
-            transport=async_rl_transport, timeout=timeout, follow_redirects=True
+            transport=async_rl_transport,
+            timeout=timeout,
+            follow_redirects=True,
+            event_hooks={"response": [aread_error_body]},
         )
         if timeout_ms is None and not isinstance(self.config.timeout, Default):
             timeout_ms = round(self.config.timeout * 1000)
