@@ -350,7 +350,9 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-JSON_INVALID = {"detail": [{"loc": ["body"], "msg": "JSON decode error", "type": "json_invalid"}]}
+JSON_INVALID = {
+    "detail": [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": None}]
+}
 MALFORMED = [
     # (raw body, the 422's detail)
     (

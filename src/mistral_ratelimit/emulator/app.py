@@ -105,8 +105,12 @@ def error_body(
     return {"object": "error", "message": message, "type": type_, "param": None, "code": code}
 
 
-def validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONResponse:
-    return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": type_}]}, status_code=422)
+def validation_error(
+    loc: list[str | int], msg: str, type_: str = "value_error", input_: Any = None
+) -> JSONResponse:
+    """A 422 with one error, in the shape of every 422 here (see bodies.py)."""
+    detail = {"type": type_, "loc": loc, "msg": msg, "input": input_}
+    return JSONResponse({"detail": [detail]}, status_code=422)
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -406,7 +410,7 @@ class EmulatorApp:
         except ValueError:  # not JSON, not UTF-8, or nested too deep
             return validation_error(["body"], "JSON decode error", "json_invalid")
         if not isinstance(body, dict):
-            return validation_error(["body"], "Input should be an object", "dict_type")
+            return validation_error(["body"], "Input should be an object", "dict_type", body)
         errors = body_errors(body, fields, required)
         if errors:
             return JSONResponse({"detail": errors}, status_code=422)
@@ -558,7 +562,7 @@ class EmulatorApp:
         try:
             new_entries = normalise_inputs(body.get("inputs"))
         except ValueError as exc:
-            return validation_error(["body", "inputs"], str(exc))
+            return validation_error(["body", "inputs"], str(exc), input_=body.get("inputs"))
         completion_args = {**(conv.completion_args or {}), **(body.get("completion_args") or {})}
         prompt = prompt_tokens(
             [*history, *new_entries], instructions=conv.instructions, tools=conv.tools

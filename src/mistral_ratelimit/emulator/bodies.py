@@ -4,10 +4,10 @@ A body the API cannot use gets a 422 in FastAPI's shape,
 ``{"detail": [{"type": ..., "loc": ["body", ...], "msg": ..., "input": ...}]}``: the shape
 the SDK parses into ``HTTPValidationError`` (``models/httpvalidationerror.py``,
 ``validationerror.py``: ``loc``, ``msg``, ``type``, ``input``) and the emulator's only
-422 shape; the messages and types are pydantic's. The fields and their types are the SDK's request models
-(reference: mistral-wire.md §1). Only the types the emulator relies on are checked, so a
-value it would mishandle is refused and not a crash, and unknown fields pass, as they do
-at the API.
+422 shape; the messages and types are pydantic's. The fields and their types are the SDK's
+request models (reference: mistral-wire.md §1). Only the types the emulator relies on are
+checked, so a value it would mishandle is refused and not a crash, and unknown fields
+pass, as they do at the API.
 
 A 422 costs no tokens: the body is refused before its prompt is counted. It still counts
 as a request, as the gate admitted it on arrival: rate limits are metered at the gateway,
