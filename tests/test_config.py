@@ -151,6 +151,34 @@ def test_from_env_reads_every_variable() -> None:
     assert all(explicit for _, explicit in cfg.engine_limits())
 
 
+@pytest.mark.parametrize("name", ["MAX_RETRIES", "MAX_CONCURRENCY", "DEFAULT_MAX_TOKENS"])
+def test_from_env_integer_fields_take_integral_floats(name: str) -> None:
+    cfg = RatelimitConfig.from_env({f"MISTRAL_RATELIMIT_{name}": "3.0"})
+    value = getattr(cfg, name.lower())
+    assert (value, type(value)) == (3, int)
+    with pytest.raises(ValueError) as info:
+        RatelimitConfig.from_env({f"MISTRAL_RATELIMIT_{name}": "3.5"})
+    assert str(info.value) == f"MISTRAL_RATELIMIT_{name}: must be a whole number, got '3.5'"
+    with pytest.raises(ValueError, match=f"MISTRAL_RATELIMIT_{name}: not a number: 'three'"):
+        RatelimitConfig.from_env({f"MISTRAL_RATELIMIT_{name}": "three"})
+
+
+def test_the_constructor_reads_no_ratelimit_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISTRAL_RATELIMIT_TOKENS_PER_MINUTE", "1234")
+    assert RatelimitConfig(requests_per_second=2).tokens_per_minute == 500_000
+    assert RatelimitConfig.from_env(requests_per_second=2).tokens_per_minute == 1234
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_key_is_no_key(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    assert RatelimitConfig(api_key=blank).api_key is None
+    assert RatelimitConfig.from_env({"MISTRAL_API_KEY": blank}).api_key is None
+    monkeypatch.setenv("MISTRAL_API_KEY", blank)
+    assert RatelimitConfig().api_key is None
+    monkeypatch.setenv("MISTRAL_API_KEY", SECRET)
+    assert RatelimitConfig(api_key=blank).api_key == SECRET  # as if left out
+
+
 def test_from_env_reads_os_environ_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MISTRAL_RATELIMIT_TOKENS_PER_MINUTE", "1234")
     monkeypatch.setenv("MISTRAL_RATELIMIT_MAX_RETRIES", "7")

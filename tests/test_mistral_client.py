@@ -207,6 +207,16 @@ def test_missing_key_names_the_variable_for_the_real_api(monkeypatch: pytest.Mon
             MistralRatelimitClient(**kwargs)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_key_is_a_missing_key(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
+    with pytest.raises(MissingApiKey, match="MISTRAL_API_KEY"):
+        MistralRatelimitClient(api_key=blank)
+    monkeypatch.setenv("MISTRAL_API_KEY", blank)
+    with pytest.raises(MissingApiKey, match="MISTRAL_API_KEY"):
+        MistralRatelimitClient()
+
+
 def test_no_key_is_needed_for_a_local_server(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
     rec = Recorder()

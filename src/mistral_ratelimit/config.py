@@ -36,6 +36,28 @@ class Default(float):
         return float.__repr__(self)
 
 
+def _blank(key: str | None) -> bool:
+    return key is None or not key.strip()
+
+
+def _env_number(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{var}: not a number: {raw!r}") from None
+
+
+def _env_integer(var: str, raw: str) -> int:
+    """``3`` or ``3.0`` (as a float-minded tool may write it), never ``3.5``."""
+    try:
+        return int(raw)
+    except ValueError:
+        value = _env_number(var, raw)
+    if not value.is_integer():
+        raise ValueError(f"{var}: must be a whole number, got {raw!r}")
+    return int(value)
+
+
 def _check_number(name: str, value: object, *, allow_zero: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {type(value).__name__}")
@@ -102,10 +124,12 @@ class RatelimitConfig:
     capacity_backoff_factor: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.api_key is None:
-            object.__setattr__(self, "api_key", os.environ.get("MISTRAL_API_KEY") or None)
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ValueError("api_key must be a string")
+        # A blank key (an unset variable expanded to "") is no key: the real API would
+        # only answer 401, where MissingApiKey says what to do.
+        key = os.environ.get("MISTRAL_API_KEY") if _blank(self.api_key) else self.api_key
+        object.__setattr__(self, "api_key", None if _blank(key) else key)
         for name in ("requests_per_second", "tokens_per_minute", "tokens_per_month"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Default):
@@ -202,12 +226,8 @@ class RatelimitConfig:
                     raise ValueError(f"MISTRAL_RATELIMIT_{name.upper()} cannot be {raw.strip()!r}")
                 kwargs[name] = None
                 continue
-            try:
-                kwargs[name] = int(raw) if name in ints else float(raw)
-            except ValueError:
-                raise ValueError(
-                    f"MISTRAL_RATELIMIT_{name.upper()}: not a number: {raw!r}"
-                ) from None
+            var = f"MISTRAL_RATELIMIT_{name.upper()}"
+            kwargs[name] = _env_integer(var, raw) if name in ints else _env_number(var, raw)
         raw_retry = env.get("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS")
         if raw_retry:
             flag = raw_retry.strip().lower()
@@ -221,7 +241,7 @@ class RatelimitConfig:
         if raw_limits:
             kwargs["limits"] = tuple(Limit.parse(p) for p in raw_limits.split(",") if p.strip())
         key = env.get("MISTRAL_API_KEY")
-        if key:
+        if not _blank(key):
             kwargs["api_key"] = key
         kwargs.update(overrides)
         return cls(**kwargs)
