@@ -6,8 +6,8 @@ so the picture is exact and instant:
 1. ``requests_per_second=1.2`` with six requests fired at once. The engine reads 1.2/s as
    one request per 0.833 s window, so the requests go one by one, each one window plus the
    engine's margin after the previous: 0, 0.867, 1.733, ... Two requests never share an
-   instant. (The seed project's README claimed that requests 3 and 4 both go at 0.67 s at
-   1.2 requests/s, which would put two requests in one 0.833 s window.)
+   instant. (A token-bucket timeline that sends requests 3 and 4 both at 0.67 s at
+   1.2 requests/s puts two requests in one 0.833 s window.)
 2. ``tokens_per_minute=10,000`` with 3,000-token requests every 5 s: three fit at once,
    the fourth waits until the first has left the 60 s window.
 

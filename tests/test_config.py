@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from mistral_ratelimit.config import SECONDS_PER_MONTH, Limit, RatelimitConfig
+from mistral_ratelimit.config import SECONDS_PER_MONTH, Default, Limit, RatelimitConfig
 
 SECRET = "sk-SECRET-123"
 
@@ -38,6 +38,24 @@ def test_defaults_match_the_issue() -> None:
     assert cfg.tokens_per_month is None
     assert cfg.max_concurrency is None
     assert cfg.limits == ()
+
+
+def test_a_field_left_unset_is_known_by_its_value() -> None:
+    unset = RatelimitConfig()
+    assert isinstance(unset.timeout, Default)
+    assert isinstance(unset.requests_per_second, Default)
+    # Equal to the defaults, but chosen: never mistaken for unset.
+    chosen = RatelimitConfig(timeout=60.0, requests_per_second=1.0)
+    assert not isinstance(chosen.timeout, Default)
+    assert not isinstance(chosen.requests_per_second, Default)
+    assert not isinstance(unset.replace(timeout=60.0).timeout, Default)
+    assert not isinstance(
+        RatelimitConfig.from_env({"MISTRAL_RATELIMIT_TIMEOUT": "60"}).timeout, Default
+    )
+    assert isinstance(RatelimitConfig.from_env({}).timeout, Default)
+    assert "timeout" not in repr(unset)
+    assert "timeout=60.0" in repr(chosen)
+    assert "requests_per_second=1.0" in repr(chosen)
 
 
 def test_api_key_falls_back_to_mistral_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,6 +149,34 @@ def test_from_env_reads_every_variable() -> None:
     assert cfg.limits == (Limit(720, 60, "requests"), Limit(50_000, 10, "tokens"))
     # Values read from the environment were chosen by the user: never replaced by discovery.
     assert all(explicit for _, explicit in cfg.engine_limits())
+
+
+@pytest.mark.parametrize("name", ["MAX_RETRIES", "MAX_CONCURRENCY", "DEFAULT_MAX_TOKENS"])
+def test_from_env_integer_fields_take_integral_floats(name: str) -> None:
+    cfg = RatelimitConfig.from_env({f"MISTRAL_RATELIMIT_{name}": "3.0"})
+    value = getattr(cfg, name.lower())
+    assert (value, type(value)) == (3, int)
+    with pytest.raises(ValueError) as info:
+        RatelimitConfig.from_env({f"MISTRAL_RATELIMIT_{name}": "3.5"})
+    assert str(info.value) == f"MISTRAL_RATELIMIT_{name}: must be a whole number, got '3.5'"
+    with pytest.raises(ValueError, match=f"MISTRAL_RATELIMIT_{name}: not a number: 'three'"):
+        RatelimitConfig.from_env({f"MISTRAL_RATELIMIT_{name}": "three"})
+
+
+def test_the_constructor_reads_no_ratelimit_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISTRAL_RATELIMIT_TOKENS_PER_MINUTE", "1234")
+    assert RatelimitConfig(requests_per_second=2).tokens_per_minute == 500_000
+    assert RatelimitConfig.from_env(requests_per_second=2).tokens_per_minute == 1234
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_key_is_no_key(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    assert RatelimitConfig(api_key=blank).api_key is None
+    assert RatelimitConfig.from_env({"MISTRAL_API_KEY": blank}).api_key is None
+    monkeypatch.setenv("MISTRAL_API_KEY", blank)
+    assert RatelimitConfig().api_key is None
+    monkeypatch.setenv("MISTRAL_API_KEY", SECRET)
+    assert RatelimitConfig(api_key=blank).api_key == SECRET  # as if left out
 
 
 def test_from_env_reads_os_environ_and_overrides_win(monkeypatch: pytest.MonkeyPatch) -> None:

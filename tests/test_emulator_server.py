@@ -121,8 +121,11 @@ def test_store_false_is_not_kept_and_unknown_ids_404(client: httpx.Client) -> No
     r = client.post(f"/v1/conversations/{cid}", json={"inputs": "x"})
     assert r.status_code == 404
     assert r.json()["object"] == "error"
-    r = client.post("/v1/conversations/conv_x/restart", json={"inputs": "x"})
+    r = client.post("/v1/conversations/conv_x/restart", json={"inputs": "x", "from_entry_id": "m"})
     assert r.status_code == 404
+    # FastAPI validates the body before the handler looks anything up.
+    r = client.post("/v1/conversations/conv_x/restart", json={"inputs": "x"})
+    assert r.status_code == 422
 
 
 def test_429_body_and_retry_after_modes() -> None:
@@ -340,7 +343,130 @@ def test_validation_errors_are_422_in_fastapi_shape(client: httpx.Client) -> Non
     assert r.status_code == 422 and "detail" in r.json()
     r = client.post("/v1/conversations", json={"inputs": [1, 2]})
     assert r.status_code == 422
-    assert r.json()["detail"][0]["loc"] == ["body", "inputs"]
+    assert [d["loc"] for d in r.json()["detail"]] == [["body", "inputs", 0], ["body", "inputs", 1]]
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+JSON_INVALID = {
+    "detail": [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error", "input": None}]
+}
+MALFORMED = [
+    # (raw body, the 422's detail)
+    (
+        b'{"inputs": 12345, "model": "m"}',
+        [
+            {
+                "type": "union_type",
+                "loc": ["body", "inputs"],
+                "msg": "Input should be a valid string or list of entries",
+                "input": 12345,
+            }
+        ],
+    ),
+    (('{"model":"m","inputs":' + _nested(50_000) + "}").encode(), JSON_INVALID["detail"]),
+    (_nested(100_000).encode(), JSON_INVALID["detail"]),
+    (('{"inputs":"hi","metadata":{"a":' + _nested(200) + "}}").encode(), JSON_INVALID["detail"]),
+    (b'{"inputs":"hi","completion_args":{"max_tokens":NaN}}', JSON_INVALID["detail"]),
+    (b'{"inputs":"hi","completion_args":{"temperature":1e400}}', JSON_INVALID["detail"]),
+    (b'{"inputs":"hi","metadata":{"k":"\\ud800"}}', JSON_INVALID["detail"]),
+    (
+        b'{"inputs":"hi","completion_args":{"max_tokens":"1000"}}',
+        [
+            {
+                "type": "int_type",
+                "loc": ["body", "completion_args", "max_tokens"],
+                "msg": "Input should be a valid integer",
+                "input": "1000",
+            }
+        ],
+    ),
+    (
+        b'{"inputs":[{"type":["message.input"],"content":"x"}]}',
+        [
+            {
+                "type": "string_type",
+                "loc": ["body", "inputs", 0, "type"],
+                "msg": "Input should be a valid string",
+                "input": ["message.input"],
+            }
+        ],
+    ),
+    (
+        b'{"inputs":"hi","tools":[5]}',
+        [
+            {
+                "type": "dict_type",
+                "loc": ["body", "tools", 0],
+                "msg": "Input should be a valid dictionary",
+                "input": 5,
+            }
+        ],
+    ),
+    (
+        b'{"inputs":null,"model":"m"}',
+        [
+            {
+                "type": "missing",
+                "loc": ["body", "inputs"],
+                "msg": "Field required",
+                "input": {"inputs": None, "model": "m"},
+            }
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "detail"), MALFORMED, ids=range(len(MALFORMED)))
+def test_a_malformed_start_is_a_422_that_bills_no_tokens(
+    emu: Emulator,
+    client: httpx.Client,
+    caplog: pytest.LogCaptureFixture,
+    raw: bytes,
+    detail: list[dict[str, object]],
+) -> None:
+    caplog.set_level(logging.ERROR)
+    r = client.post("/v1/conversations", content=raw, headers={"content-type": "application/json"})
+    assert (r.status_code, r.json()) == (422, {"detail": detail})
+    (record,) = list(emu.log)
+    # Counted as a request (the gateway meters before the body is validated), never billed.
+    assert (record.status, record.admitted, record.tokens) == (422, True, 0)
+    assert r.headers["x-ratelimit-tokens-query-cost"] == "0"
+    assert [rec for rec in caplog.records if rec.levelno >= logging.ERROR] == []
+
+
+def test_the_deepest_accepted_body_is_served(client: httpx.Client) -> None:
+    r = start(client, metadata={"a": json.loads(_nested(198))})  # 200 levels with the body's
+    assert r.status_code == 200
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_tool_schema_without_properties_is_called_without_arguments(
+    client: httpx.Client, stream: bool
+) -> None:
+    tools = [{"type": "function", "function": {"name": "ping", "parameters": {"properties": 5}}}]
+    r = start(client, "ping the server", tools=tools, stream=stream)
+    assert r.status_code == 200
+    if stream:
+        deltas = [d for name, d in parse_sse(r.text.splitlines()) if name == "function.call.delta"]
+        assert "".join(d["arguments"] for d in deltas) == "{}"
+    else:
+        (call,) = r.json()["outputs"]
+        assert (call["type"], call["name"], call["arguments"]) == ("function.call", "ping", "{}")
+
+
+def test_restart_and_agents_validate_their_bodies(client: httpx.Client) -> None:
+    cid = start(client).json()["conversation_id"]
+    r = client.post(f"/v1/conversations/{cid}/restart", json={"inputs": "again"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "from_entry_id"]
+    r = client.post("/v1/agents", json={"model": "m", "name": "a", "completion_args": []})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "completion_args"]
+    r = client.post(f"/v1/conversations/{cid}", json={"inputs": 7})
+    assert (r.status_code, r.json()["detail"][0]["loc"]) == (422, ["body", "inputs"])
 
 
 def test_start_stop_without_with_and_inside_an_event_loop() -> None:

@@ -750,6 +750,21 @@ def test_monthly_budget_fails_fast(make_limiter: MakeLimiter, clock: FakeClock) 
         limiter.reserve(1)
 
 
+@pytest.mark.parametrize(("per_seconds", "fails_fast"), [(86_400, True), (86_399, False)])
+def test_a_long_wait_on_a_window_of_a_day_or_more_fails_fast(
+    make_limiter: MakeLimiter, per_seconds: float, fails_fast: bool
+) -> None:
+    # The rule the README states: more than 60 s of waiting on a window of at least a day
+    # raises BudgetExhausted at once; on any shorter window, it is waited for.
+    limiter = make_limiter([Limit(2, per_seconds, "requests")])
+    assert [limiter.delay(limiter.reserve(0)) for _ in range(2)] == [0.0, 0.0]
+    if fails_fast:
+        with pytest.raises(BudgetExhausted, match="2 requests per 86400 s budget is spent"):
+            limiter.reserve(0)
+    else:
+        assert limiter.delay(limiter.reserve(0)) > per_seconds - 5
+
+
 def test_queued_waiters_get_slots_in_arrival_order(
     make_limiter: MakeLimiter, clock: FakeClock
 ) -> None:

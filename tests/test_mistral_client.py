@@ -139,11 +139,29 @@ def test_server_url_server_and_timeout_ms_pass_through(monkeypatch: pytest.Monke
     assert rec.requests[-1].headers["authorization"] == f"Bearer {SECRET}"
 
 
-def test_an_explicit_timeout_becomes_the_per_request_timeout() -> None:
+@pytest.mark.parametrize("timeout", [7.5, 60.0], ids=["other", "equal-to-the-default"])
+def test_an_explicit_timeout_becomes_the_per_request_timeout(timeout: float) -> None:
     rec = Recorder()
-    with make_client(rec, timeout=7.5) as client:
+    with make_client(rec, timeout=timeout) as client:
         client.beta.conversations.start(inputs="hi", model="m")
-    assert rec.requests[-1].extensions["timeout"]["read"] == pytest.approx(7.5)
+    assert rec.requests[-1].extensions["timeout"]["read"] == pytest.approx(timeout)
+
+
+def test_a_timeout_from_the_environment_is_explicit_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MISTRAL_RATELIMIT_TIMEOUT", "60")
+    rec = Recorder()
+    with make_client(rec) as client:
+        client.beta.conversations.start(inputs="hi", model="m")
+    assert rec.requests[-1].extensions["timeout"]["read"] == pytest.approx(60.0)
+
+
+@pytest.mark.skipif(LINE.major < 2, reason="1.x sends no per-request timeout by default")
+def test_without_a_timeout_the_sdks_own_default_applies(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MISTRAL_RATELIMIT_TIMEOUT", raising=False)
+    rec = Recorder()
+    with make_client(rec) as client:
+        client.beta.conversations.start(inputs="hi", model="m")
+    assert rec.requests[-1].extensions["timeout"]["read"] == pytest.approx(300.0)  # 2.5+, 3.x
 
 
 # -- the SDK, as it is -------------------------------------------------------------------
@@ -187,6 +205,16 @@ def test_missing_key_names_the_variable_for_the_real_api(monkeypatch: pytest.Mon
     for kwargs in ({}, {"server": "eu"}, {"server_url": "https://api.mistral.ai"}):
         with pytest.raises(MissingApiKey, match="MISTRAL_API_KEY"):
             MistralRatelimitClient(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_key_is_a_missing_key(monkeypatch: pytest.MonkeyPatch, blank: str) -> None:
+    monkeypatch.delenv("MISTRAL_API_KEY", raising=False)
+    with pytest.raises(MissingApiKey, match="MISTRAL_API_KEY"):
+        MistralRatelimitClient(api_key=blank)
+    monkeypatch.setenv("MISTRAL_API_KEY", blank)
+    with pytest.raises(MissingApiKey, match="MISTRAL_API_KEY"):
+        MistralRatelimitClient()
 
 
 def test_no_key_is_needed_for_a_local_server(monkeypatch: pytest.MonkeyPatch) -> None:

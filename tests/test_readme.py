@@ -39,12 +39,16 @@ MISTRAL_HOSTS = ("api.mistral.ai", "api.eu.mistral.ai", "api.us.mistral.ai")
 #: What a snippet prints, all of it (a regular expression), where the README promises it.
 EXPECTED_OUTPUT = {
     "errors": r"request needs 600\d\d tokens but the limit allows only 50000 tokens per 60 s.*",
+    # The reply and its tokens; the streamed story on a line of its own; usage; stats.
+    "facade": r"[^\n]+ \d+\n[^\n]+\nprompt_tokens=\d+ [^\n]+\nLimiterStats\(.+\)",
     "shared-limiter": r"3",
     "emulator": r"pong 1 0",
     "byo-httpx2": r"\d+\n\d+\n2",
     "byo-httpx": r"\d+",
     "redis-workers": r"\d+ 1",  # one request admitted by the shared budget
 }
+#: A comment in the snippet that quotes the start of what it prints (group 1).
+QUOTED_OUTPUT = {"errors": r"# (request needs \d+ tokens but .*?); \.\.\."}
 #: (requests, seconds): at most that many arrivals at the server in any such window, from
 #: the snippet's limits (1.2 rps is one request per 0.83 s), less slack for arrival jitter.
 EXPECTED_RATE = {"shared-limiter": (1, 0.9), "facade": (1, 0.75)}
@@ -182,6 +186,10 @@ def test_readme_snippet_runs(
     assert printed.strip(), "a README snippet should show its result"
     if snippet.name in EXPECTED_OUTPUT:
         assert re.fullmatch(EXPECTED_OUTPUT[snippet.name], printed.strip(), re.S), printed
+    if snippet.name in QUOTED_OUTPUT:
+        quoted = re.search(QUOTED_OUTPUT[snippet.name], snippet.code)
+        assert quoted is not None, "the snippet's comment on its output is gone"
+        assert printed.startswith(quoted.group(1)), (quoted.group(1), printed)
     assert _left_open(namespace) == [], "the snippet should close every HTTP client it opens"
     if snippet.name in ("errors", "emulator"):  # refused before sending / its own emulator
         assert len(emulator.log) == 0

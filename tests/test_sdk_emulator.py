@@ -16,7 +16,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 
 from mistral_ratelimit import MistralRatelimitClient, RatelimitConfig, RateLimiter
-from mistral_ratelimit.emulator import Emulator, EmulatorProcess
+from mistral_ratelimit.emulator import Emulator, EmulatorProcess, Fault
 from mistral_ratelimit.loop_local import LoopLocalAsyncTransport
 from mistral_ratelimit.sdk import detect_sdk_line
 
@@ -331,6 +331,82 @@ def test_sdk_429_after_our_retries_carries_the_note() -> None:
     assert "3 attempts" in text and "waited" in text
     assert emu.log.count(429) == 3  # the SDK did not add attempts of its own
     assert len(spy.seen) == 4
+
+
+def _given_up(client: MistralRatelimitClient, mode: str) -> Any:
+    """The SDK error of a ``start_stream`` call our retries gave up on (a real socket, so
+    the error body is still unread when the SDK's hooks see the response)."""
+    conversations = client.beta.conversations
+
+    async def stream_async() -> None:
+        async with await conversations.start_stream_async(inputs="hi", model=MODEL) as events:
+            async for _ in events:
+                pass
+
+    with pytest.raises(LINE.sdk_error_class) as info:
+        if mode == "async":
+            asyncio.run(stream_async())
+        else:
+            with conversations.start_stream(inputs="hi", model=MODEL) as events:
+                for _ in events:
+                    pass
+    return info.value
+
+
+def _note(err: Any) -> str:
+    notes = getattr(err, "__notes__", None)
+    if notes is None:  # Python 3.10: the note is appended to the SDK's message
+        return str(err)[str(err).index("mistral-ratelimit:") :]
+    (note,) = notes
+    return str(note)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stream_still_429_after_our_retries_carries_the_note(mode: str) -> None:
+    with Emulator(requests_per_second=None, requests_per_minute=1) as emu:
+        client, _, _ = client_for(emu, max_retries=2, base_delay=0.01, max_delay=0.02)
+        with client:
+            client.beta.conversations.start(inputs="first", model=MODEL)
+            err = _given_up(client, mode)
+    assert err.status_code == 429
+    assert "Rate limit" in str(err)  # the SDK's message, with the body, is kept
+    note = _note(err)
+    assert note.startswith("mistral-ratelimit: gave up after 3 attempts, having waited ")
+    assert note.endswith(
+        "s in total for the rate limit (raise max_retries or lower your request rate)"
+    )
+    assert emu.log.count(429) == 3
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("fault", "status", "says"),
+    [
+        ("capacity", 429, "Mistral had no capacity for this model (code 3505), not your quota"),
+        (
+            Fault("server_error", status=502),
+            502,
+            "the server answered 502, a server error, not your quota",
+        ),
+        ("html_520", 520, "the server answered 520, a server error, not your quota"),
+    ],
+    ids=["capacity", "502", "520"],
+)
+def test_the_note_says_why_the_retries_gave_up(
+    server: Emulator, mode: str, fault: Any, status: int, says: str
+) -> None:
+    server.inject(fault, count=2)
+    client, _, _ = client_for(
+        server, max_retries=1, base_delay=0.01, max_delay=0.02, retry_server_errors=True
+    )
+    with client:
+        err = _given_up(client, mode)
+    assert err.status_code == status
+    note = _note(err)
+    assert note.startswith("mistral-ratelimit: gave up after 2 attempts, having waited ")
+    assert says in note
+    assert "rate limit" not in note and "request rate" not in note
+    assert server.log.count(status) == 2
 
 
 def test_a_limiter_shared_by_two_clients_and_a_plain_sdk(server: Emulator) -> None:

@@ -8,6 +8,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .cli_types import number
+
 
 def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -17,7 +19,7 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--duration",
-        type=float,
+        type=number(),
         default=None,
         help="seconds during which new calls start (default: 42; 12 with --real)",
     )
@@ -28,8 +30,8 @@ def _add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         help="directory for the timeline chart (default: ./demo-output)",
     )
     parser.add_argument("--format", choices=("png", "svg"), default="png", dest="chart_format")
-    parser.add_argument("--rps", type=float, default=None, help="emulator requests per second")
-    parser.add_argument("--tpm", type=float, default=None, help="emulator tokens per minute")
+    parser.add_argument("--rps", type=number(), default=None, help="emulator requests per second")
+    parser.add_argument("--tpm", type=number(), default=None, help="emulator tokens per minute")
     parser.add_argument(
         "--no-live", action="store_true", help="plain progress lines instead of a live view"
     )
@@ -47,9 +49,6 @@ def _run_demo(args: argparse.Namespace) -> int:
         return 2
     options = DemoOptions(real=args.real, output=args.output, chart_format=args.chart_format)
     if args.duration is not None:
-        if args.duration <= 0:
-            print("--duration must be > 0", file=sys.stderr)
-            return 2
         options = replace(options, duration=args.duration)
     if args.rps is not None:
         options = replace(options, requests_per_second=args.rps)
@@ -74,10 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     from .emulator import command as serve_command
 
-    serve_command.add_arguments(sub.add_parser("serve", help="run the Mistral emulator"))
+    serve_parser = sub.add_parser("serve", help="run the Mistral emulator")
+    serve_command.add_arguments(serve_parser)
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return serve_command.run(args)
+        return serve_command.run(args, serve_parser)
     if args.command == "demo":
         return _run_demo(args)
     return 1

@@ -22,15 +22,40 @@ _UNITS = ("requests", "tokens")
 SECONDS_PER_MONTH = 30 * 86_400.0
 
 
-class TierDefault(float):
-    """A float that remembers it was not chosen by the user.
+class Default(float):
+    """A default value: a float that remembers it was not chosen by the user.
 
-    Limits left at a tier default may be replaced by what the server reports in its
-    ``x-ratelimit-limit-*`` headers; limits the user set explicitly never are.
+    Whether a field was set is a property of its value, not an equality, so an explicit
+    ``timeout=60.0`` counts as set although it equals the default. Limits left at a
+    (tier) default may be replaced by what the server reports in its
+    ``x-ratelimit-limit-*`` headers, limits the user set never are; a timeout left at its
+    default lets the SDK's own per-request timeout apply.
     """
 
     def __repr__(self) -> str:
         return float.__repr__(self)
+
+
+def _blank(key: str | None) -> bool:
+    return key is None or not key.strip()
+
+
+def _env_number(var: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{var}: not a number: {raw!r}") from None
+
+
+def _env_integer(var: str, raw: str) -> int:
+    """``3`` or ``3.0`` (as a float-minded tool may write it), never ``3.5``."""
+    try:
+        return int(raw)
+    except ValueError:
+        value = _env_number(var, raw)
+    if not value.is_integer():
+        raise ValueError(f"{var}: must be a whole number, got {raw!r}")
+    return int(value)
 
 
 def _check_number(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -76,12 +101,12 @@ class RatelimitConfig:
     """The budget and retry policy shared by every transport built from it."""
 
     api_key: str | None = None
-    requests_per_second: float | None = TierDefault(1.0)
-    tokens_per_minute: float | None = TierDefault(500_000)
+    requests_per_second: float | None = Default(1.0)
+    tokens_per_minute: float | None = Default(500_000)
     max_retries: int = 3
     base_delay: float = 1.0
     max_delay: float = 32.0
-    timeout: float = 60.0
+    timeout: float = Default(60.0)
     tokens_per_month: float | None = None
     max_concurrency: int | None = None
     limits: tuple[Limit, ...] = ()
@@ -92,20 +117,22 @@ class RatelimitConfig:
     default_max_tokens: int = 1024
     #: Prompt tokens assumed for a stored conversation whose size is not yet known.
     unknown_history_tokens: int = 2048
-    #: 500/502/503/504 are retried only when this is set: a POST that reached the model
-    #: is not safe to repeat.
+    #: 500/502/503/504 and Cloudflare's 520-527 are retried only when this is set: a POST
+    #: that reached the model is not safe to repeat.
     retry_server_errors: bool = False
     #: Extra delay multiplier for Mistral's capacity errors (code 3505), which are not quota.
     capacity_backoff_factor: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.api_key is None:
-            object.__setattr__(self, "api_key", os.environ.get("MISTRAL_API_KEY") or None)
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ValueError("api_key must be a string")
+        # A blank key (an unset variable expanded to "") is no key: the real API would
+        # only answer 401, where MissingApiKey says what to do.
+        key = os.environ.get("MISTRAL_API_KEY") if _blank(self.api_key) else self.api_key
+        object.__setattr__(self, "api_key", None if _blank(key) else key)
         for name in ("requests_per_second", "tokens_per_minute", "tokens_per_month"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, TierDefault):
+            if value is not None and not isinstance(value, Default):
                 _check_number(name, value)
         for name in ("base_delay", "max_delay", "timeout", "capacity_backoff_factor"):
             _check_number(name, getattr(self, name))
@@ -140,7 +167,10 @@ class RatelimitConfig:
             value = getattr(self, f.name)
             if f.name == "api_key":
                 parts.append(f"api_key={'***' if value else None}")
-            elif f.default is not value and value != f.default:
+            # A value equal to a Default but chosen by the user is shown: it behaves differently.
+            elif value != f.default or (
+                isinstance(f.default, Default) and not isinstance(value, Default)
+            ):
                 parts.append(f"{f.name}={value!r}")
         return f"RatelimitConfig({', '.join(parts)})"
 
@@ -156,10 +186,10 @@ class RatelimitConfig:
         out: list[tuple[Limit, bool]] = []
         rps = self.requests_per_second
         if rps is not None:
-            out.append((pacing_limit(rps), not isinstance(rps, TierDefault)))
+            out.append((pacing_limit(rps), not isinstance(rps, Default)))
         tpm = self.tokens_per_minute
         if tpm is not None:
-            out.append((Limit(tpm, 60.0, "tokens"), not isinstance(tpm, TierDefault)))
+            out.append((Limit(tpm, 60.0, "tokens"), not isinstance(tpm, Default)))
         if self.tokens_per_month is not None:
             out.append((Limit(self.tokens_per_month, SECONDS_PER_MONTH, "tokens"), True))
         out.extend((item, True) for item in self.limits)
@@ -196,12 +226,8 @@ class RatelimitConfig:
                     raise ValueError(f"MISTRAL_RATELIMIT_{name.upper()} cannot be {raw.strip()!r}")
                 kwargs[name] = None
                 continue
-            try:
-                kwargs[name] = int(raw) if name in ints else float(raw)
-            except ValueError:
-                raise ValueError(
-                    f"MISTRAL_RATELIMIT_{name.upper()}: not a number: {raw!r}"
-                ) from None
+            var = f"MISTRAL_RATELIMIT_{name.upper()}"
+            kwargs[name] = _env_integer(var, raw) if name in ints else _env_number(var, raw)
         raw_retry = env.get("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS")
         if raw_retry:
             flag = raw_retry.strip().lower()
@@ -215,7 +241,7 @@ class RatelimitConfig:
         if raw_limits:
             kwargs["limits"] = tuple(Limit.parse(p) for p in raw_limits.split(",") if p.strip())
         key = env.get("MISTRAL_API_KEY")
-        if key:
+        if not _blank(key):
             kwargs["api_key"] = key
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -252,4 +278,4 @@ def limits_from(items: Iterable[Limit | tuple[float, float, Unit]]) -> tuple[Lim
     return tuple(i if isinstance(i, Limit) else Limit(*i) for i in items)
 
 
-__all__ = ["SECONDS_PER_MONTH", "Limit", "RatelimitConfig", "TierDefault", "Unit", "field"]
+__all__ = ["SECONDS_PER_MONTH", "Default", "Limit", "RatelimitConfig", "Unit", "field"]

@@ -9,21 +9,22 @@ future SDK adds) is reached exactly as on the SDK.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from types import TracebackType
 from typing import Any
 
-from .config import RatelimitConfig
+from .config import Default, RatelimitConfig
 from .errors import RatelimitError
 from .limiter.base import Limiter, LimiterStats
 from .limiter.memory import RateLimiter
 from .loop_local import LoopLocalAsyncTransport
 from .sdk import (
     SdkLine,
+    aread_error_body,
     detect_sdk_line,
     install_retry_note,
     is_loopback_url,
+    read_error_body,
 )
 from .transport import shared_estimator
 
@@ -31,10 +32,6 @@ log = logging.getLogger("mistral_ratelimit")
 
 #: Sent to a loopback server when no key is configured; the emulator accepts any key.
 LOCAL_SERVER_KEY = "mistral-ratelimit-local"
-
-_DEFAULT_TIMEOUT = next(
-    f.default for f in dataclasses.fields(RatelimitConfig) if f.name == "timeout"
-)
 
 
 class MissingApiKey(RatelimitError, ValueError):
@@ -97,12 +94,18 @@ class MistralRatelimitClient:
         )
         timeout = http.Timeout(self.config.timeout)
         self.http_client: Any = http.Client(
-            transport=sync_transport, timeout=timeout, follow_redirects=True
+            transport=sync_transport,
+            timeout=timeout,
+            follow_redirects=True,
+            event_hooks={"response": [read_error_body]},
         )
         self.async_http_client: Any = http.AsyncClient(
-            transport=async_rl_transport, timeout=timeout, follow_redirects=True
+            transport=async_rl_transport,
+            timeout=timeout,
+            follow_redirects=True,
+            event_hooks={"response": [aread_error_body]},
         )
-        if timeout_ms is None and self.config.timeout != _DEFAULT_TIMEOUT:
+        if timeout_ms is None and not isinstance(self.config.timeout, Default):
             timeout_ms = round(self.config.timeout * 1000)
         self._server_url = server_url
         self._server = server

@@ -24,12 +24,11 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+from .accounting.responses import classify_response
+from .accounting.types import ErrorClass
 from .lifecycle import EXTENSION_KEY
 
 log = logging.getLogger("mistral_ratelimit")
-
-#: Statuses the lifecycle retries (5xx only on opt-in or for capacity errors).
-RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 @dataclass(frozen=True)
@@ -130,14 +129,23 @@ def attempts_record(response: Any) -> Mapping[str, Any] | None:
     return record if isinstance(record, Mapping) else None
 
 
-def retry_note(record: Mapping[str, Any]) -> str:
+def retry_note(record: Mapping[str, Any], kind: ErrorClass, status: int) -> str:
+    """What our retries did and why they stopped, in the words of the error's class."""
     attempts = int(record.get("attempts", 1))
     waited = float(record.get("waited", 0.0))
     tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    return (
-        f"mistral-ratelimit: gave up after {tries}, having waited {waited:.1f} s in total "
-        "for the rate limit (raise max_retries or lower your request rate)"
-    )
+    gave_up = f"mistral-ratelimit: gave up after {tries}, having waited {waited:.1f} s in total"
+    if kind is ErrorClass.CAPACITY:
+        return (
+            f"{gave_up}: Mistral had no capacity for this model (code 3505), not your quota "
+            "(try again later, another model, or raise max_retries)"
+        )
+    if kind is ErrorClass.SERVER:
+        return (
+            f"{gave_up}: the server answered {status}, a server error, not your quota "
+            "(try again later or raise max_retries)"
+        )
+    return f"{gave_up} for the rate limit (raise max_retries or lower your request rate)"
 
 
 def add_note(exc: BaseException, note: str) -> None:
@@ -147,10 +155,35 @@ def add_note(exc: BaseException, note: str) -> None:
         object.__setattr__(exc, "message", f"{exc.message}\n{note}")
 
 
+def _is_error_through_us(response: Any) -> bool:
+    return int(getattr(response, "status_code", 0)) >= 400 and attempts_record(response) is not None
+
+
+def read_error_body(response: Any) -> None:
+    """httpx ``response`` event hook of the facade's sync client: reads the body of an
+    error response that came through our transport, even on a streamed call.
+
+    The SDK's stream operations (``start_stream``, ...) send with ``stream=True`` and read
+    an error body only after its ``after_error`` hooks ran, so without this the
+    :class:`RetryNoteHook` would meet an unread body and give up on its note. The SDK
+    reads that whole body itself right after; reading it here changes nothing but the
+    moment, and error bodies only are read: a 200 stream passes untouched.
+    """
+    if _is_error_through_us(response):
+        response.read()
+
+
+async def aread_error_body(response: Any) -> None:
+    """The async client's twin of :func:`read_error_body`: the SDK's hooks are sync (and
+    2.x runs them in a worker thread), so they cannot read an async body themselves."""
+    if _is_error_through_us(response):
+        await response.aread()
+
+
 class RetryNoteHook:
-    """An SDK ``after_error`` hook: a 429 (or retried 5xx) that still failed after our
-    retries raises the SDK's own ``SDKError``, with a note saying how long the client
-    waited and how many times it tried.
+    """An SDK ``after_error`` hook: a 429, capacity error or retried 5xx that still failed
+    after our retries raises the SDK's own ``SDKError``, with a note saying how many times
+    the client tried, how long it waited, and why it stopped.
 
     The SDK raises ``SDKError("API error occurred", response, text)`` for these statuses
     *after* its hooks ran, leaving no way to annotate it; the hook builds that same error
@@ -165,19 +198,22 @@ class RetryNoteHook:
     ) -> tuple[Any, Exception | None]:
         if response is None or error is not None:
             return response, error
-        status = int(getattr(response, "status_code", 0))
         record = attempts_record(response)
-        if record is None or status not in RETRIED_STATUSES:
+        if record is None:
             return response, error
-        if status != 429 and int(record.get("attempts", 1)) < 2:
-            return response, error  # a 5xx we did not retry: nothing to say about waiting
+        status = int(getattr(response, "status_code", 0))
         try:
-            text = response.text  # the lifecycle read error bodies already
+            text = response.text  # read by read_error_body / aread_error_body, or the SDK
+            kind = classify_response(status, response.content)
+            if kind not in (ErrorClass.RATE_LIMITED, ErrorClass.CAPACITY, ErrorClass.SERVER):
+                return response, error
+            if kind is ErrorClass.SERVER and int(record.get("attempts", 1)) < 2:
+                return response, error  # a 5xx we did not retry: nothing to say about waiting
             exc = self._sdk_error("API error occurred", response, text)
         except Exception:  # an SDK whose error class is built differently: leave it be
             log.debug("could not build the SDK's error; no retry note", exc_info=True)
             return response, error
-        add_note(exc, retry_note(record))
+        add_note(exc, retry_note(record, kind, status))
         return None, exc
 
 
@@ -196,9 +232,11 @@ def install_retry_note(sdk: Any, line: SdkLine) -> bool:
 __all__ = [
     "RetryNoteHook",
     "SdkLine",
+    "aread_error_body",
     "attempts_record",
     "detect_sdk_line",
     "install_retry_note",
     "is_loopback_url",
+    "read_error_body",
     "retry_note",
 ]

@@ -7,11 +7,13 @@ Order of work for every ``/v1`` request, chosen to match how a gateway meters tr
 2. bearer authentication (401 without charging anything);
 3. a zero limit refuses at once; then the request rungs (and the concurrency cap) admit or
    refuse it, at its arrival time;
-4. a generation request's prompt tokens (stored history + new inputs + instructions + tools
+4. a body the API cannot use is answered with a 422 (``bodies.py``): counted as a request
+   by step 3, never billed tokens;
+5. a generation request's prompt tokens (stored history + new inputs + instructions + tools
    + template overhead) are charged to the token rungs when its body has been read; if they
    do not fit, the request is refused and its request charge given back, so a refused
    request never consumes quota;
-5. output tokens are charged as they are generated: per chunk for streams, at completion
+6. output tokens are charged as they are generated: per chunk for streams, at completion
    for JSON replies.
 
 Every response except a 401 carries the ``x-ratelimit-*`` headers of the configured rungs,
@@ -27,7 +29,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -37,6 +39,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
+from .bodies import AGENT, APPEND, RESTART, START, Expect, body_errors, parse_json
 from .faults import Fault
 from .limits import Charge, LimitSet, Rung
 from .log import RequestLog, RequestRecord
@@ -102,8 +105,12 @@ def error_body(
     return {"object": "error", "message": message, "type": type_, "param": None, "code": code}
 
 
-def validation_error(loc: list[str | int], msg: str, type_: str = "value_error") -> JSONResponse:
-    return JSONResponse({"detail": [{"loc": loc, "msg": msg, "type": type_}]}, status_code=422)
+def validation_error(
+    loc: list[str | int], msg: str, type_: str = "value_error", input_: Any = None
+) -> JSONResponse:
+    """A 422 with one error, in the shape of every 422 here (see bodies.py)."""
+    detail = {"type": type_, "loc": loc, "msg": msg, "input": input_}
+    return JSONResponse({"detail": [detail]}, status_code=422)
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -357,7 +364,7 @@ class EmulatorApp:
         raw = request.query_params.get("metadata")
         if raw:
             try:
-                parsed = json.loads(raw)
+                parsed = parse_json(raw)
             except ValueError:
                 parsed = None
             # SDK 3.7.0 sends an "unset" sentinel string here; only a JSON object filters.
@@ -394,22 +401,25 @@ class EmulatorApp:
 
     # agents
 
-    async def _json_body(self, request: Request) -> dict[str, Any] | Response:
+    async def _json_body(
+        self, request: Request, fields: Mapping[str, Expect], required: tuple[str, ...] = ()
+    ) -> dict[str, Any] | Response:
+        """The body as a dict, or the 422 the API answers for it (see bodies.py)."""
         try:
-            body = json.loads(await request.body() or b"{}")
-        except ValueError:
+            body = parse_json(await request.body() or b"{}")
+        except ValueError:  # not JSON, not UTF-8, or nested too deep
             return validation_error(["body"], "JSON decode error", "json_invalid")
         if not isinstance(body, dict):
-            return validation_error(["body"], "Input should be an object", "dict_type")
+            return validation_error(["body"], "Input should be an object", "dict_type", body)
+        errors = body_errors(body, fields, required)
+        if errors:
+            return JSONResponse({"detail": errors}, status_code=422)
         return body
 
     async def create_agent(self, request: Request) -> Response:
-        body = await self._json_body(request)
+        body = await self._json_body(request, AGENT, required=("model", "name"))
         if isinstance(body, Response):
             return body
-        for name in ("model", "name"):
-            if not isinstance(body.get(name), str):
-                return validation_error(["body", name], "Field required", "missing")
         return JSONResponse(self.state.store.create_agent(body))
 
     async def list_agents(self, request: Request) -> Response:
@@ -444,7 +454,7 @@ class EmulatorApp:
         return JSONResponse(agent)
 
     async def update_agent(self, request: Request) -> Response:
-        body = await self._json_body(request)
+        body = await self._json_body(request, AGENT)
         if isinstance(body, Response):
             return body
         agent = self.state.store.update_agent(request.path_params["aid"], body)
@@ -460,11 +470,9 @@ class EmulatorApp:
     # conversations: generation
 
     async def start(self, request: Request) -> Response:
-        body = await self._json_body(request)
+        body = await self._json_body(request, START, required=("inputs",))
         if isinstance(body, Response):
             return body
-        if "inputs" not in body:
-            return validation_error(["body", "inputs"], "Field required", "missing")
         now = iso_now()
         conv = Conversation(
             new_id("conv_"),
@@ -498,7 +506,7 @@ class EmulatorApp:
         return await self._generate(request, body, conv, history=[])
 
     async def append(self, request: Request) -> Response:
-        body = await self._json_body(request)
+        body = await self._json_body(request, APPEND)
         if isinstance(body, Response):
             return body
         conv = self._conversation(request)
@@ -507,15 +515,13 @@ class EmulatorApp:
         return await self._generate(request, body, conv, history=list(conv.entries))
 
     async def restart(self, request: Request) -> Response:
-        body = await self._json_body(request)
+        body = await self._json_body(request, RESTART, required=("from_entry_id",))
         if isinstance(body, Response):
             return body
         source = self._conversation(request)
         if isinstance(source, Response):
             return source
-        entry_id = body.get("from_entry_id")
-        if not isinstance(entry_id, str):
-            return validation_error(["body", "from_entry_id"], "Field required", "missing")
+        entry_id = body["from_entry_id"]
         index = next((i for i, e in enumerate(source.entries) if e.get("id") == entry_id), None)
         if index is None:
             return JSONResponse(error_body(f"Entry {entry_id} not found"), status_code=404)
@@ -556,7 +562,7 @@ class EmulatorApp:
         try:
             new_entries = normalise_inputs(body.get("inputs"))
         except ValueError as exc:
-            return validation_error(["body", "inputs"], str(exc))
+            return validation_error(["body", "inputs"], str(exc), input_=body.get("inputs"))
         completion_args = {**(conv.completion_args or {}), **(body.get("completion_args") or {})}
         prompt = prompt_tokens(
             [*history, *new_entries], instructions=conv.instructions, tools=conv.tools

@@ -151,7 +151,9 @@ def _value(name: str, spec: Any, found: _Candidates) -> Any:
 
 def _object(schema: Any, found: _Candidates) -> dict[str, Any]:
     props = schema.get("properties") if isinstance(schema, Mapping) else None
-    return {name: _value(name, spec, found) for name, spec in (props or {}).items()}
+    if not isinstance(props, Mapping):  # no usable schema: a call without arguments
+        return {}
+    return {name: _value(name, spec, found) for name, spec in props.items()}
 
 
 def call_arguments(schema: Any, texts: Sequence[str], function_name: str) -> dict[str, Any]:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 
-from ..config import Limit
+from ..cli_types import integer, limit, number
 from .settings import (
     FREE_TIER_REQUESTS_PER_SECOND,
     FREE_TIER_TOKENS_PER_MINUTE,
@@ -20,36 +21,46 @@ from .settings import (
 API_KEY_ENV = "MISTRAL_RATELIMIT_EMULATOR_API_KEY"
 
 
-def _off(value: str) -> float | None:
-    return None if value.strip().lower() in ("none", "off") else float(value)
+#: uvicorn's log levels (uvicorn.config.LOG_LEVELS).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+#: A request rung may be 0: the server then refuses every request, as Mistral does for a
+#: model a key may not use. A token rung of 0 would mean no rung at all, so it is refused.
+_request_rate = number(inclusive=True, off=True)
+_token_budget = number(off=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    add("--port", type=int, default=8787, help="port (default 8787; 0 picks a free one)")
+    add(
+        "--port",
+        type=integer(0, 65535),
+        default=8787,
+        help="port (default 8787; 0 picks a free one)",
+    )
     add(
         "--rps",
-        type=_off,
+        type=_request_rate,
         default=FREE_TIER_REQUESTS_PER_SECOND,
-        help="requests per second ('off' to disable)",
+        help="requests per second (0 refuses every request; 'off' to disable)",
     )
-    add("--rpm", type=_off, default=None, help="requests per minute rung")
+    add("--rpm", type=_request_rate, default=None, help="requests per minute rung")
     add(
         "--tpm",
-        type=_off,
+        type=_token_budget,
         default=FREE_TIER_TOKENS_PER_MINUTE,
         help="tokens per minute ('off' to disable)",
     )
     add(
         "--tokens-per-month",
-        type=_off,
+        type=_token_budget,
         default=FREE_TIER_TOKENS_PER_MONTH,
         help="tokens per month (default: the free tier's 1 billion; 'off' to disable)",
     )
-    add("--max-concurrency", type=int, default=None, help="concurrent requests allowed")
+    add("--max-concurrency", type=integer(1), default=None, help="concurrent requests allowed")
     add(
         "--limit",
+        type=limit,
         action="append",
         default=[],
         metavar="AMOUNT/SECONDS[:unit]",
@@ -61,15 +72,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"require this bearer key (better: set {API_KEY_ENV})",
     )
-    add("--stream-tps", type=float, default=None, help="streamed tokens per second")
-    add("--ttft", type=float, default=0.0, help="time to first token, seconds")
+    add("--stream-tps", type=number(), default=None, help="streamed tokens per second")
+    add(
+        "--ttft",
+        type=number(inclusive=True),
+        default=0.0,
+        help="time to first token, seconds",
+    )
     add("--retry-after", choices=("seconds", "http-date"), default=None)
     add("--seed", type=int, default=0, help="seed of the deterministic replies")
-    add("--log-level", default="info")
+    add("--log-level", choices=LOG_LEVELS, default="info")
 
 
-def run(args: argparse.Namespace) -> int:
-    from .server import serve
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Serve until interrupted; an address that cannot be bound is a usage error (exit 2)."""
+    from .server import BindError, serve
     from .settings import EmulatorConfig
 
     config = EmulatorConfig(
@@ -78,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         tokens_per_minute=args.tpm,
         tokens_per_month=args.tokens_per_month,
         max_concurrency=args.max_concurrency,
-        limits=tuple(Limit.parse(text) for text in args.limit),
+        limits=tuple(args.limit),
         algorithm=args.algorithm,
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         stream_tokens_per_second=args.stream_tps,
@@ -89,8 +106,12 @@ def run(args: argparse.Namespace) -> int:
     )
     logging.getLogger(__name__).info("emulator limits: %r", config)
     # uvicorn re-raises Ctrl-C after its graceful shutdown; that is a normal stop here.
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(config, host=args.host, port=args.port, log_level=args.log_level)
+    except BindError as exc:
+        option = "--port" if exc.errno == errno.EADDRINUSE else "--host"
+        parser.error(f"argument {option}: {exc}")
     return 0
 
 

@@ -25,18 +25,39 @@ from .log import RequestLog
 STARTUP_TIMEOUT = 60.0  # a fresh interpreter imports the server stack and the vocabulary
 
 
-def _serve(conn: Connection, settings: dict[str, Any]) -> None:
-    from .server import Emulator
+#: Why a child can end before it ran any of our code: "spawn" re-imports the parent's main
+#: module (``multiprocessing`` "Safe importing of main module"), so a script that starts an
+#: EmulatorProcess at its top level starts one again inside the child, which multiprocessing
+#: refuses; the parent only sees the pipe close.
+_NO_MAIN_GUARD = (
+    "the emulator process exited before it ran (exit code {code}): it is a fresh "
+    "interpreter that imports your main module again, so a script that starts an "
+    'EmulatorProcess must do it under `if __name__ == "__main__":` (the child\'s '
+    "traceback above says more)"
+)
 
-    with Emulator(**settings) as emu:
-        conn.send(emu.url)
+
+def _serve(conn: Connection, settings: dict[str, Any]) -> None:
+    try:
+        from .server import Emulator
+
+        emu = Emulator(**settings).start()
+    except Exception as exc:  # told to the parent, which raises it in the caller's code
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    with emu:
+        conn.send(("url", emu.url))
         while (message := conn.recv()) != "stop":
             assert message == "log", message
             conn.send(emu.log)
 
 
 class EmulatorProcess:
-    """An :class:`Emulator` (same keyword settings) serving from a child process."""
+    """An :class:`Emulator` (same keyword settings) serving from a child process.
+
+    The child is started with ``spawn`` on every platform, so code that starts one at a
+    script's top level must sit under ``if __name__ == "__main__":``.
+    """
 
     def __init__(self, **settings: Any) -> None:
         self._settings = settings
@@ -54,10 +75,22 @@ class EmulatorProcess:
         self._process.start()
         child.close()
         self._conn = parent
-        if not parent.poll(STARTUP_TIMEOUT):
+        try:
+            if not parent.poll(STARTUP_TIMEOUT):
+                raise RuntimeError("the emulator process did not start")
+            kind, value = parent.recv()
+        except EOFError:
+            self._process.join(5)
+            code = self._process.exitcode
             self.stop()
-            raise RuntimeError("the emulator process did not start")
-        self.url = parent.recv()
+            raise RuntimeError(_NO_MAIN_GUARD.format(code=code)) from None
+        except BaseException:
+            self.stop()
+            raise
+        if kind == "error":
+            self.stop()
+            raise RuntimeError(f"the emulator process did not start: {value}")
+        self.url = value
         return self
 
     def log(self) -> RequestLog:

@@ -8,6 +8,7 @@ therefore be started from any thread, including one that runs an event loop (the
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import sys
@@ -63,6 +64,11 @@ def _run_loop(coro: Any) -> None:
         runner.run(coro)
 
 
+class BindError(OSError):
+    """The server's address cannot be listened on: the port is in use, or the host is not
+    an address of this machine (its ``errno`` is the socket's)."""
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -73,9 +79,16 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port outside 0-65535
         sock.close()
-        raise
+        code = getattr(exc, "errno", None)
+        if code == errno.EADDRINUSE:
+            why = f"port {port} is in use on {host} (choose another, or 0 for a free one)"
+        else:
+            why = f"cannot listen on {host} port {port}: {getattr(exc, 'strerror', None) or exc}"
+        error = BindError(why)
+        error.errno = code
+        raise error from exc
     sock.set_inheritable(True)
     return sock
 
@@ -249,4 +262,4 @@ def serve(
         sock.close()
 
 
-__all__ = ["Emulator", "serve"]
+__all__ = ["BindError", "Emulator", "serve"]
