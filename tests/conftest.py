@@ -20,7 +20,9 @@ from mistral_ratelimit.limiter import Limiter, RateLimiter
 #: Files that drive both httpx and httpx2 side by side; the mistralai 2.x venv
 #: (``make test-sdk2``) has no httpx2, and only runs the SDK tests there anyway.
 collect_ignore = (
-    [] if importlib.util.find_spec("httpx2") else ["test_headers.py", "test_transport.py"]
+    []
+    if importlib.util.find_spec("httpx2")
+    else ["test_headers.py", "test_transport.py", "test_transport_composition.py"]
 )
 
 #: Backends every contract test runs against.
