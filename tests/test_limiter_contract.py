@@ -379,15 +379,17 @@ def test_anchor_moves_a_late_request_and_the_waiter_behind_it(make_limiter: Make
     assert limiter.stats().requests_admitted == 1
 
 
-def test_an_anchor_within_the_margin_changes_nothing(make_limiter: MakeLimiter) -> None:
+def test_the_margin_counts_from_the_departure(make_limiter: MakeLimiter) -> None:
+    """The margin is for what no client sees (the way to the server, its own queue), so it
+    counts from when the request really left: a late departure is never taken out of it."""
     limiter = make_limiter(requests_limit(1), window_margin=5.0)
     sent = limiter.reserve(0)
     assert limiter.delay(sent) == 0.0
     waiter = limiter.reserve(0)
-    anchor(limiter, sent, 4.5)  # the margin already covers it
-    assert limiter.delay(waiter) < LONG + 5 + 1.5
-    anchor(limiter, sent, 9.0)  # only what the margin does not cover moves it: 4 s
-    assert LONG + 5 + 2.5 < limiter.delay(waiter) < LONG + 5 + 6
+    anchor(limiter, sent, 0.001)  # a millisecond: not worth moving anyone
+    assert limiter.delay(waiter) < LONG + 5 + 0.5
+    anchor(limiter, sent, 4.5)  # less than the margin, yet all of it counts
+    assert LONG + 5 + 4.0 < limiter.delay(waiter) < LONG + 5 + 5.5
 
 
 def test_anchor_ignores_bad_lags_and_requests_not_sent(make_limiter: MakeLimiter) -> None:

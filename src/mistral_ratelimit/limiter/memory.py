@@ -29,6 +29,9 @@ MAX_PAUSE_SECONDS = 3600.0
 #: Windows at least this long are "monthly caps": waiting on them fails fast instead.
 LONG_WINDOW_SECONDS = 86_400.0
 LONG_WAIT_SECONDS = 60.0
+#: Departures later than this count from when they left (see ``anchor``); below it, moving a
+#: booking would cost more (everyone behind it re-checks) than the slot rounding it shifts.
+ANCHOR_SLACK = 0.002
 #: How many bookings asked about long after their turn are remembered (see ``_late``).
 LATE_KEPT = 4096
 
@@ -354,7 +357,7 @@ class RateLimiter(SyncBackedAsyncMixin):
                 # It goes now, not when it was due: count it from now, as anchor() does
                 # once the request has left, so that callers that never anchor (plain
                 # acquire()) are counted right too.
-                self._move_later(res, now - self._margin)
+                self._move_later(res, now)
             res.state = State.GRANTED
             waited = now - res.created_at
             self._s["requests_admitted"] += 1
@@ -470,12 +473,14 @@ class RateLimiter(SyncBackedAsyncMixin):
         if not, it and every booking after it are re-booked, in order. Checking lazily
         keeps an anchor cheap however many callers wait.
         """
-        if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag <= self._margin:
+        if not isinstance(lag, (int, float)) or not math.isfinite(lag) or lag <= ANCHOR_SLACK:
             return
         with self._lock:
             if res.state is not State.GRANTED or res.settled:
                 return
-            self._move_later(res, res.due_at + lag - self._margin)
+            # From when it left, not from ``margin`` before: the margin is for what happens
+            # after that, on the way and in the server's own queue, which no client sees.
+            self._move_later(res, res.due_at + lag)
 
     def _move_later(self, res: Reservation, new_at: float) -> None:
         """Count ``res`` from ``new_at`` instead (never earlier than it counts now)."""

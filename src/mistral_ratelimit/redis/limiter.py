@@ -36,7 +36,13 @@ import redis.exceptions
 from ..config import Limit, RatelimitConfig, discovered_limits
 from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
 from ..limiter.base import Counters, LimiterStats, ObservedLimit, Reservation, State
-from ..limiter.memory import LONG_WINDOW_SECONDS, MAX_PAUSE_SECONDS, RateLimiter, clean_amount
+from ..limiter.memory import (
+    ANCHOR_SLACK,
+    LONG_WINDOW_SECONDS,
+    MAX_PAUSE_SECONDS,
+    RateLimiter,
+    clean_amount,
+)
 from .connections import AnyClient, Connections
 from .ledger import GrantLedger
 from .scripts import Keys, WindowSpec, namespace_for, window_spec
@@ -993,7 +999,7 @@ class RedisRateLimiter:
         with self._lock:
             if b is None or res.state is not State.GRANTED or res.settled:
                 return
-            if lag <= self._margin:
+            if lag <= ANCHOR_SLACK:
                 return
             at, slots = res.at, self._slots(res, b)
         if b.local is not None:
@@ -1041,8 +1047,8 @@ class RedisRateLimiter:
         every worker (never earlier than it counts now).
 
         ``lag`` is a duration measured here; it applies to the booked time (``due_at``) on
-        Redis's clock. Lags within ``window_margin`` change nothing (the margin absorbs
-        them). O(windows): each waiting booking, whichever worker owns it, checks that it
+        Redis's clock; the window margin then counts from the departure, as in memory.py.
+        O(windows): each waiting booking, whichever worker owns it, checks that it
         still fits when its owner next asks, and if not, it and every booking after it are
         re-booked in order (see docs/redis.md)."""
         self._run(self._anchor_op(res, lag))

@@ -103,7 +103,7 @@ if at <= S.now then
   if late then
     -- It goes now, not when it was due: it counts from now, as an anchor would count it
     -- once it has left (so callers that never anchor are counted right too).
-    at = S.now - margin
+    at = S.now
     move_later(ws, slots, tokens, requests, at)
     save(reg.list)
     mark(at, slots)
