@@ -20,7 +20,7 @@ import anyio
 import pytest
 
 from conftest import FakeClock, MakeLimiter, admitted_per_window, is_close
-from mistral_ratelimit.config import Limit, RatelimitConfig
+from mistral_ratelimit.config import SECONDS_PER_MONTH, Limit, RatelimitConfig
 from mistral_ratelimit.errors import BudgetExhausted, RequestTooLarge
 from mistral_ratelimit.limiter import Limiter, ObservedLimit, Reservation, aacquire, acquire
 
@@ -909,3 +909,11 @@ def test_a_booking_made_before_discovery_gives_everything_back(
     # Its place and its charge in the discovered windows are free again.
     again = limiter.reserve(10)
     assert limiter.delay(again) == pytest.approx(due, abs=0.02)
+
+
+def test_a_months_remainder_is_not_adopted(make_limiter: MakeLimiter) -> None:
+    """One response saying nothing is left this month must not refuse every request for 30
+    days: nothing would be sent again to learn otherwise (a 429 saying so fails fast)."""
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x", tokens_per_month=1_000_000))
+    limiter.adopt([ObservedLimit("tokens", SECONDS_PER_MONTH, 1_000_000, 0)])
+    assert limiter.delay(limiter.reserve(1000)) == 0.0

@@ -602,12 +602,19 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def adopt(self, observed: list[ObservedLimit]) -> None:
         """Take the server's view: discover tier limits, and never believe in more room
-        than the server says remains."""
+        than the server says remains.
+
+        What remains of a month is not adopted: charged here, it would hold for 30 days
+        whatever the server's own calendar, and one wrong header would refuse every request
+        for that long with no response left to correct it. A 429 that says the month cannot
+        hold a request fails fast instead (lifecycle.py)."""
         with self._lock:
             now = self._clock()
             self._discover(observed)
             for obs in observed:
                 if obs.remaining is None or not math.isfinite(obs.remaining) or obs.remaining < 0:
+                    continue
+                if obs.per_seconds >= LONG_WINDOW_SECONDS:
                     continue
                 for w in self._windows:
                     if w.limit.unit == obs.unit and math.isclose(

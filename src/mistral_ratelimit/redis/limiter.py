@@ -1127,6 +1127,8 @@ class RedisRateLimiter:
         for o in observed:
             if o.remaining is None or not math.isfinite(o.remaining) or o.remaining < 0:
                 continue
+            if o.per_seconds >= LONG_WINDOW_SECONDS:  # not a month's remainder (memory.py)
+                continue
             obs_args.extend(
                 (
                     "1" if o.unit == "tokens" else "0",
