@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -326,3 +327,44 @@ def test_two_client_processes_on_one_key_stay_inside_one_limit(
     reader.close()
     assert shared.requests_admitted == 2 * calls
     assert settled_tokens(shared) == pytest.approx(served_tokens(emu), abs=2)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stream_dropped_unclosed_gives_its_slot_back_on_redis(
+    server: RedisServer, emu: Emulator, mode: str
+) -> None:
+    """With a concurrency cap, an SDK event stream the caller drops without reading or
+    closing it must not hold its slot: the heartbeat would renew its lease for ever."""
+    import gc
+
+    config = RatelimitConfig(api_key="sk-test", max_concurrency=1, **OPEN)
+    limiter = RedisRateLimiter(server.url, config=config, key=fresh_key())
+    client = MistralRatelimitClient(config=config, limiter=limiter, server_url=emu.url)
+
+    async def drop_then_call() -> int:
+        events = await client.beta.conversations.start_stream_async(inputs="hi", model=MODEL)
+        del events
+        gc.collect()
+        reply = await asyncio.wait_for(
+            client.beta.conversations.start_async(inputs="again", model=MODEL), 10
+        )
+        return int(reply.usage.total_tokens or 0)
+
+    with client:
+        if mode == "sync":
+            events = client.beta.conversations.start_stream(inputs="hi", model=MODEL)
+            del events
+            gc.collect()
+            done: list[int] = []
+            worker = threading.Thread(
+                target=lambda: done.append(
+                    client.beta.conversations.start(inputs="again", model=MODEL).usage.total_tokens
+                )
+            )
+            worker.start()
+            worker.join(timeout=10)
+            assert done and done[0] > 0
+        else:
+            assert asyncio.run(drop_then_call()) > 0
+        assert limiter.stats().in_flight == 0
+    limiter.close()

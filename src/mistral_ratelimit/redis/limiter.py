@@ -15,6 +15,7 @@ an async driver run the steps, so the failure policy cannot drift between the tw
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -297,6 +298,8 @@ class RedisRateLimiter:
         self._outage: _Outage | None = None
         self._fallback: RateLimiter | None = None
         self._heartbeat: threading.Thread | None = None
+        #: (reservation, tokens) handed over by finalizers: see ``settle_later``.
+        self._orphans: collections.deque[tuple[Reservation, float]] = collections.deque()
         self._closed = threading.Event()
 
     def _set_specs(self) -> None:
@@ -676,8 +679,41 @@ class RedisRateLimiter:
         else:
             self._held.discard(b.member)
 
+    # -- streams dropped unclosed --------------------------------------------------------
+    def settle_later(self, res: Reservation, actual_tokens: float) -> None:
+        """Settle and release ``res`` soon: for finalizers (a stream dropped without being
+        closed), which may run inside any lock of this thread, so this takes none (appending
+        to a deque is atomic). The heartbeat thread, or this process's next reserve, delay
+        or stats call, does the work; until then the heartbeat must not renew its lease."""
+        self._orphans.append((res, actual_tokens))
+
+    def _take_orphans(self) -> list[_Op[None]]:
+        ops = []
+        while self._orphans:
+            res, actual = self._orphans.popleft()
+            ops.append(self._settle_op(res, actual))
+            ops.append(self._release_op(res))
+        return ops
+
+    def _settle_orphans(self) -> None:
+        for op in self._take_orphans():
+            try:
+                self._run(op)
+            except Exception:  # the backend's own failure policy already applied
+                log.debug("settling a dropped stream failed", exc_info=True)
+
+    async def _asettle_orphans(self) -> None:
+        for op in self._take_orphans():
+            try:
+                with anyio.CancelScope(shield=True):
+                    await self._arun(op)
+            except Exception:
+                log.debug("settling a dropped stream failed", exc_info=True)
+
     def reserve(self, tokens: float, requests: float = 1.0) -> Reservation:
         """Book capacity at once, all or nothing across every limit (one round trip)."""
+        if self._orphans:
+            self._settle_orphans()
         res, b = self._new_booking(tokens, requests)
         try:
             return self._run(self._reserve_op(res, b))
@@ -687,6 +723,8 @@ class RedisRateLimiter:
             raise
 
     async def areserve(self, tokens: float, requests: float = 1.0) -> Reservation:
+        if self._orphans:
+            await self._asettle_orphans()
         res, b = self._new_booking(tokens, requests)
         try:
             return await self._arun(self._reserve_op(res, b))
@@ -837,9 +875,13 @@ class RedisRateLimiter:
 
     def delay(self, res: Reservation) -> float:
         """Seconds the caller must still wait, on Redis's clock; ``0`` means go now."""
+        if self._orphans:  # a caller queued for a slot asks again: a dropped stream's frees
+            self._settle_orphans()
         return self._run(self._delay_op(res))
 
     async def adelay(self, res: Reservation) -> float:
+        if self._orphans:
+            await self._asettle_orphans()
         return await self._arun(self._delay_op(res))
 
     # -- cancel / settle / release ----------------------------------------------------------
@@ -1219,9 +1261,13 @@ class RedisRateLimiter:
     def stats(self) -> LimiterStats:
         """The shared budget's counters from Redis, with this process's wait and estimate
         figures (see :meth:`local_stats` for this process alone)."""
+        if self._orphans:
+            self._settle_orphans()
         return self._run(self._stats_op())
 
     async def astats(self) -> LimiterStats:
+        if self._orphans:
+            await self._asettle_orphans()
         return await self._arun(self._stats_op())
 
     # -- leases -----------------------------------------------------------------------------
@@ -1280,6 +1326,7 @@ def _heartbeat(ref: weakref.ref[RedisRateLimiter], closed: threading.Event, peri
         limiter = ref()
         if limiter is None:
             return
+        limiter._settle_orphans()  # before renewing: a dropped stream's lease must lapse
         limiter._renew_leases()
         del limiter
 
