@@ -784,3 +784,31 @@ def test_a_promotion_whose_reply_is_lost_is_the_one_asked_again(
     assert lim.stats().in_flight == 1
     lim.release(queued)  # gives the lease back: the next one goes at once
     assert lim.delay(lim.reserve(0)) == 0.0
+
+
+def test_each_asyncio_run_closes_its_connections(server: RedisServer) -> None:
+    """A limiter used from many ``asyncio.run()`` calls (a script, a test suite) makes a pool
+    per loop; each is closed as its loop ends, not left open until the process exits."""
+    import asyncio
+
+    limiter = RedisRateLimiter(
+        server.url,
+        config=RatelimitConfig(api_key="sk-test", requests_per_second=1000),
+        key=fresh_key(),
+    )
+    watcher = redis.Redis.from_url(server.url)
+
+    async def use() -> None:
+        res = await limiter.areserve(1)
+        await limiter.adelay(res)
+        await limiter.arelease(res)
+
+    asyncio.run(use())
+    clients_before = len(watcher.client_list())
+    fds_before = len(os.listdir("/proc/self/fd"))
+    for _ in range(30):
+        asyncio.run(use())
+    assert len(watcher.client_list()) <= clients_before + 1
+    assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
+    limiter.close()
+    watcher.close()

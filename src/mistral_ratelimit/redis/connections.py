@@ -9,8 +9,9 @@ and where no asyncio loop runs (trio) the sync client is driven from a worker th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-import weakref
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import redis
@@ -51,6 +52,35 @@ _SSL_KWARGS = (
 )
 
 AnyClient = Any  # redis.Redis | redis.cluster.RedisCluster: redis-py's own types are loose
+
+
+class _LoopClient:
+    """One asyncio loop's client. Its connections are that loop's sockets, so only that loop
+    can close them: a keeper async generator does it when the loop shuts down (asyncio.run
+    and asyncio.Runner finalise every async generator), or ``aclose`` from inside it."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, client: AnyClient, scripts: dict[str, AsyncScript]
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.scripts = scripts
+        self._keeper: AsyncGenerator[None, None] | None = None  # a loop holds it only weakly
+
+    async def keep(self) -> None:
+        self._keeper = self._close_at_loop_end()
+        await self._keeper.asend(None)  # the first step registers it with the running loop
+
+    async def _close_at_loop_end(self) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):  # a server already gone: nothing left to close
+            await self.client.aclose()
+            await self.client.connection_pool.disconnect()
 
 
 class Connections:
@@ -109,9 +139,7 @@ class Connections:
             name: self.sync.register_script(text) for name, text in self._sources.items()
         }
         self._user_async_scripts: dict[str, AsyncScript] | None = None
-        self._per_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[AnyClient, dict[str, AsyncScript]]
-        ] = weakref.WeakKeyDictionary()
+        self._per_loop: dict[int, _LoopClient] = {}
 
     def check_fork(self) -> bool:
         """Rebuild after ``fork()``; True when this process is a new child."""
@@ -122,7 +150,7 @@ class Connections:
         return True
 
     # -- async ------------------------------------------------------------------------------
-    def async_for_running_loop(self) -> tuple[AnyClient, dict[str, AsyncScript]] | None:
+    async def async_for_running_loop(self) -> tuple[AnyClient, dict[str, AsyncScript]] | None:
         """The async client for the running asyncio loop, or None (trio, or no way to make one)."""
         try:
             loop = asyncio.get_running_loop()
@@ -135,15 +163,20 @@ class Connections:
                     for name, text in self._sources.items()
                 }
             return self._user_async, self._user_async_scripts
-        found = self._per_loop.get(loop)
-        if found is None:
-            client = self._derive_async()
-            if client is None:
-                return None
-            scripts = {name: client.register_script(text) for name, text in self._sources.items()}
-            found = (client, scripts)
-            self._per_loop[loop] = found
-        return found
+        found = self._per_loop.get(id(loop))
+        if found is not None and found.loop is loop:
+            return found.client, found.scripts
+        client = self._derive_async()
+        if client is None:
+            return None
+        scripts = {name: client.register_script(text) for name, text in self._sources.items()}
+        found = _LoopClient(loop, client, scripts)
+        # Clients of loops that have ended were closed by their keepers: forget them.
+        for key in [k for k, other in self._per_loop.items() if other.loop.is_closed()]:
+            del self._per_loop[key]
+        self._per_loop[id(loop)] = found
+        await found.keep()
+        return client, scripts
 
     def _derive_async(self) -> AnyClient | None:
         if isinstance(self._source, str):
@@ -205,16 +238,16 @@ class Connections:
         """Close the clients this object made (never a client the caller passed in)."""
         if self._owned_sync:
             self.sync.close()
-        self._per_loop = weakref.WeakKeyDictionary()
+        self._per_loop = {}  # each loop's client is closed by its keeper as the loop ends
 
     async def aclose(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
-        found = self._per_loop.pop(loop, None)
-        if found is not None:
-            await found[0].aclose()
+        found = self._per_loop.pop(id(loop), None)
+        if found is not None and found.loop is loop:
+            await found.aclose()
 
     def describe(self) -> str:
         """Where the backend lives, for error messages: host and port only, never credentials."""

@@ -516,7 +516,7 @@ class RedisRateLimiter:
             op.close()
 
     async def _call_async(self, step: _Eval | _Command) -> Any:
-        found = self._conns.async_for_running_loop()
+        found = await self._conns.async_for_running_loop()
         if found is None:  # trio, or a client we cannot derive an async twin from
             return await anyio.to_thread.run_sync(self._call_sync, step)
         client, scripts = found
