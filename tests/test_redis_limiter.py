@@ -380,6 +380,24 @@ def test_fail_mode_raises_a_clear_error_and_recovers(own_server: RedisServer) ->
     assert lim.delay(lim.reserve(0)) == 0.0  # no restart of the limiter needed
 
 
+def test_a_full_redis_is_an_outage_under_the_chosen_mode(own_server: RedisServer) -> None:
+    """maxmemory with noeviction refuses writes: that is Redis unable to serve, like a
+    connection refused, not a bug to hand the caller raw."""
+    lim = make(own_server, fresh_key(), [Limit(100, LONG, "requests")], on_backend_error="fail")
+    assert lim.delay(lim.reserve(0)) == 0.0
+    admin = redis.Redis.from_url(own_server.url)
+    used = int(admin.info("memory")["used_memory"])
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", used // 2)  # already over: every write is refused
+    try:
+        with pytest.raises(BackendUnavailable):
+            lim.reserve(0)
+    finally:
+        admin.config_set("maxmemory", 0)
+    assert lim.delay(lim.reserve(0)) == 0.0
+    admin.close()
+
+
 def test_local_mode_falls_back_to_its_share_and_comes_back(own_server: RedisServer) -> None:
     lim = make(
         own_server,

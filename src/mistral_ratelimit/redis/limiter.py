@@ -70,6 +70,8 @@ def _is_backend_error(exc: BaseException) -> bool:
         return False  # a full pool of the caller's own client: not an outage
     if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)):
         return True
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):  # maxmemory with noeviction
+        return True
     if isinstance(exc, redis.exceptions.NoScriptError):
         return False
     return isinstance(exc, redis.exceptions.ResponseError) and str(exc).startswith(
