@@ -489,34 +489,20 @@ class Estimator:
 
         if isinstance(body, (bytearray, memoryview)):
             body = bytes(body)
+        unparsed: int | None = None  # a prompt bound taken without reading the body
         if body is None or not isinstance(body, bytes):
             # A streaming upload that cannot be read without consuming it: assume a
             # typical prompt rather than nothing.
-            prompt = self.unknown_history_tokens if generation else 0
-            return Estimate(
-                prompt + history,
-                default_completion,
-                stream,
-                endpoint,
-                conversation_id,
-                history_model,
-                False,
-            )
-        if not body.strip():
+            unparsed = self.unknown_history_tokens if generation else 0
+        elif not body.strip():
             return Estimate(history, 0, stream, endpoint, conversation_id, history_model, False)
-        if len(body) > MAX_PARSE_BYTES:
+        elif len(body) > MAX_PARSE_BYTES:
+            unparsed = len(body)
+        elif len(body) > _WALKED_BYTES and body.count(b",") > MAX_WALKED_VALUES:
+            unparsed = _unwalked_prompt(endpoint, body)
+        if unparsed is not None or not isinstance(body, bytes):  # (the second follows)
             return Estimate(
-                len(body) + history,
-                default_completion,
-                stream,
-                endpoint,
-                conversation_id,
-                history_model,
-                False,
-            )
-        if len(body) > _WALKED_BYTES and body.count(b",") > MAX_WALKED_VALUES:
-            return Estimate(
-                _unwalked_prompt(endpoint, body) + history,
+                (unparsed or 0) + history,
                 default_completion,
                 stream,
                 endpoint,
@@ -547,7 +533,7 @@ class Estimator:
             prompt = len(body) if generation else 0
             return Estimate(
                 prompt + history,
-                default_completion if generation else 0,
+                default_completion,
                 stream,
                 endpoint,
                 conversation_id,
