@@ -118,15 +118,13 @@ class ObservedStreamBase:
         self._observer = observer
         self._limiter = limiter
 
-    def _finish_later(self) -> bool:
+    def _finish_later(self) -> None:
         """Hand the settlement to the limiter's next call, if it can take it (see
         ``RateLimiter.settle_later``): for a stream finalized by the garbage collector,
         which may run inside one of the limiter's own locks."""
         later = getattr(self._limiter, "settle_later", None)
-        if self._observer.finished or not callable(later):
-            return False
-        later(self._observer.reservation, self._observer.abandon())
-        return True
+        if not self._observer.finished and callable(later):
+            later(self._observer.reservation, self._observer.abandon())
 
     def __del__(self) -> None:
         # Dropped without being closed or read to the end (an abandoned SDK event stream):
