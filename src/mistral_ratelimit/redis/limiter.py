@@ -693,9 +693,27 @@ class RedisRateLimiter:
         ops = []
         while self._orphans:
             res, actual = self._orphans.popleft()
-            ops.append(self._settle_op(res, actual))
-            ops.append(self._release_op(res))
+            if self._bookings.get(res) is None and res.tag not in ("", "local"):
+                ops.append(self._forget_op(res))
+            else:
+                ops.append(self._settle_op(res, actual))
+                ops.append(self._release_op(res))
         return ops
+
+    def _forget_op(self, res: Reservation) -> _Op[None]:
+        """Release a reservation whose booking went with the garbage collector: a stream
+        dropped inside a reference cycle has its weak references cleared before its
+        finalizer runs. Its lease stops being renewed and its in-flight slot comes back;
+        its tokens stay charged as estimated (the booking's slots went with it)."""
+        with self._lock:
+            if res.released:
+                return
+            res.released = True
+            if res.holds_inflight:
+                res.holds_inflight = False
+                self._inflight_local -= 1
+            self._held.discard(res.tag)
+        yield from self._after(_Command("zrem", self._keys.inflight, res.tag))
 
     def _settle_orphans(self) -> None:
         for op in self._take_orphans():
