@@ -474,14 +474,7 @@ def test_capacity_error_is_retried(rig: Rig) -> None:
     lib = rig.lib
     cfg = config(max_retries=2, capacity_backoff_factor=1.0)
     limiter = RateLimiter(cfg)
-    capacity = {
-        "object": "error",
-        "message": "Service tier capacity exceeded for this model.",
-        "type": "service_tier_capacity_exceeded",
-        "param": None,
-        "code": "3505",
-    }
-    script = Script(lib, lambda req: lib.Response(503, json=capacity), ok_json(lib))
+    script = Script(lib, lambda req: lib.Response(503, json=CAPACITY), ok_json(lib))
     with rig.sync_client(script, limiter, cfg) as client:
         assert client.post("/v1/conversations", json=START_BODY).status_code == 200
     assert len(script.calls) == 2
@@ -727,16 +720,9 @@ def test_capacity_retry_after_is_clamped_like_a_429(
     lib = rig.lib
     cfg = config(max_retries=1)
     limiter = RateLimiter(cfg)
-    capacity = {
-        "object": "error",
-        "message": "Service tier capacity exceeded for this model.",
-        "type": "service_tier_capacity_exceeded",
-        "param": None,
-        "code": "3505",
-    }
     script = Script(
         lib,
-        lambda req: lib.Response(429, json=capacity, headers={"retry-after": "86400"}),
+        lambda req: lib.Response(429, json=CAPACITY, headers={"retry-after": "86400"}),
         ok_json(lib),
     )
     with rig.sync_client(script, limiter, cfg) as client:

@@ -71,26 +71,35 @@ def _connections(transport: Any) -> list[Any]:
     return list(getattr(pool, "connections", ()))
 
 
-class _Pool:
-    """One loop's inner transport."""
+class ClosedAtLoopEnd:
+    """Something only its event loop can close (its sockets are that loop's), closed by the
+    loop itself when it shuts down: ``keep()`` starts a keeper async generator in the loop,
+    and ``asyncio.run``, ``asyncio.Runner`` and ``trio.run`` finalise every async generator
+    (PEP 525 hooks), which calls ``aclose()``."""
 
-    def __init__(self, loop: Any, transport: Any) -> None:
-        self.loop = loop
-        self.transport = transport
-        # Held here: a loop refers to its async generators only weakly.
-        self._keeper: AsyncGenerator[None, None] | None = None
+    _keeper: AsyncGenerator[None, None] | None = None  # a loop holds it only weakly
 
     async def keep(self) -> None:
-        """Have the loop close this pool when it shuts down. Call from inside the loop."""
+        """Call from inside the loop."""
         self._keeper = self._close_at_loop_end()
-        # The first iteration registers the generator with the running loop.
-        await self._keeper.asend(None)
+        await self._keeper.asend(None)  # the first step registers it with the running loop
 
     async def _close_at_loop_end(self) -> AsyncGenerator[None, None]:
         try:
             yield
         finally:
             await self.aclose()
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+
+class _Pool(ClosedAtLoopEnd):
+    """One loop's inner transport."""
+
+    def __init__(self, loop: Any, transport: Any) -> None:
+        self.loop = loop
+        self.transport = transport
 
     async def aclose(self) -> None:
         """Close every connection, from inside the loop. Safe to repeat.
@@ -172,4 +181,4 @@ class LoopLocalAsyncTransport:
         return f"LoopLocalAsyncTransport(loops={len(self._pools)})"
 
 
-__all__ = ["LoopLocalAsyncTransport"]
+__all__ = ["ClosedAtLoopEnd", "LoopLocalAsyncTransport"]

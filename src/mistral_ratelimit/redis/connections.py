@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import redis
@@ -19,6 +18,7 @@ import redis.asyncio
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript, Script
 
+from ..loop_local import ClosedAtLoopEnd
 from .scripts import script_sources
 
 #: Connection settings copied from a sync client to the async clients derived from it.
@@ -54,10 +54,8 @@ _SSL_KWARGS = (
 AnyClient = Any  # redis.Redis | redis.cluster.RedisCluster: redis-py's own types are loose
 
 
-class _LoopClient:
-    """One asyncio loop's client. Its connections are that loop's sockets, so only that loop
-    can close them: a keeper async generator does it when the loop shuts down (asyncio.run
-    and asyncio.Runner finalise every async generator), or ``aclose`` from inside it."""
+class _LoopClient(ClosedAtLoopEnd):
+    """One asyncio loop's client, closed by that loop as it ends (or ``aclose`` in it)."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, client: AnyClient, scripts: dict[str, AsyncScript]
@@ -65,17 +63,6 @@ class _LoopClient:
         self.loop = loop
         self.client = client
         self.scripts = scripts
-        self._keeper: AsyncGenerator[None, None] | None = None  # a loop holds it only weakly
-
-    async def keep(self) -> None:
-        self._keeper = self._close_at_loop_end()
-        await self._keeper.asend(None)  # the first step registers it with the running loop
-
-    async def _close_at_loop_end(self) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            await self.aclose()
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):  # a server already gone: nothing left to close
