@@ -500,6 +500,56 @@ def test_adopt_never_replaces_explicit_limits(make_limiter: MakeLimiter) -> None
     assert set(limiter.stats().limits) == before | {Limit(720, 60.0, "requests")}
 
 
+def test_two_limits_on_one_window_are_the_tighter_one(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Same unit, same length: the smaller binds, and is what the limiter reports. (Redis
+    keeps one ring per unit and length; two limits on one ring once let a request that
+    left late go with 3000 tokens in a 2000-token window.)"""
+    limiter = make_limiter(
+        [
+            Limit(2, 0.5, "requests"),
+            Limit(12_345.5, 0.5, "tokens"),
+            Limit(2000, 0.5, "tokens"),
+        ],
+        clock=clock,
+        window_margin=0.0,
+    )
+    assert set(limiter.stats().limits) == {Limit(2, 0.5, "requests"), Limit(2000, 0.5, "tokens")}
+    first, second = limiter.reserve(1000), limiter.reserve(2000)
+    clock.advance(1.0)  # both callers wake late; the first goes now, a second after its time
+    assert limiter.delay(first) == 0.0
+    assert limiter.delay(second) > 0.4  # 2000 more would make 3000 in the window
+    clock.advance(limiter.delay(second))
+    assert limiter.delay(second) == 0.0
+    assert second.at - first.at >= 0.5
+
+
+def test_a_value_the_user_set_beats_a_default_on_the_same_window(
+    make_limiter: MakeLimiter,
+) -> None:
+    cfg = RatelimitConfig(api_key="sk-x", limits=(Limit(900_000, 60.0, "tokens"),))
+    limiter = make_limiter(cfg)
+    token_limits = [lim for lim in limiter.stats().limits if lim.unit == "tokens"]
+    assert Limit(900_000, 60.0, "tokens") in token_limits
+    assert [lim.per_seconds for lim in token_limits].count(60.0) == 1
+    assert limiter.delay(limiter.reserve(800_000)) == 0.0  # the 500k default is not enforced
+
+
+def test_two_reports_on_one_window_learn_the_tighter(make_limiter: MakeLimiter) -> None:
+    limiter = make_limiter(RatelimitConfig(api_key="sk-x"))
+    limiter.adopt(
+        [
+            ObservedLimit("tokens", 60.0, 5_000_000, None),
+            ObservedLimit("tokens", 60.0, 2_000_000, None),
+        ]
+    )
+    token_limits = [lim for lim in limiter.stats().limits if lim.unit == "tokens"]
+    assert [lim for lim in token_limits if lim.per_seconds == 60.0] == [
+        Limit(2_000_000, 60.0, "tokens")
+    ]
+
+
 def test_learnt_limits_follow_the_server(make_limiter: MakeLimiter) -> None:
     """A tier upgrade, or a wrong header corrected by the next response, is learnt: limits
     taken from the server are never frozen, and a tiny wrong one refuses nothing."""

@@ -274,6 +274,22 @@ def discovered_limits(unit: Unit, amount: float, per_seconds: float) -> list[Lim
     return found
 
 
+def one_per_window(pairs: Iterable[tuple[Limit, bool]]) -> list[tuple[Limit, bool]]:
+    """One limit per unit and window length: the tightest the user set, else the tightest.
+
+    Two limits on the same window are one limit (the smaller binds), and workers sharing a
+    Redis key share one ring per unit and length, so the Redis scripts cannot hold two.
+    A value the user set beats an assumed default even when the default is smaller.
+    """
+    best: dict[tuple[str, float], tuple[Limit, bool]] = {}
+    for lim, explicit in pairs:
+        key = (lim.unit, float(lim.per_seconds))
+        held = best.get(key)
+        if held is None or (explicit, -lim.amount) > (held[1], -held[0].amount):
+            best[key] = (lim, explicit)
+    return list(best.values())
+
+
 def limits_from(items: Iterable[Limit | tuple[float, float, Unit]]) -> tuple[Limit, ...]:
     return tuple(i if isinstance(i, Limit) else Limit(*i) for i in items)
 

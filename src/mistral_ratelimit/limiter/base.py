@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from ..config import Limit, Unit
+from ..config import Limit, Unit, discovered_limits, one_per_window
 
 _ids = itertools.count(1)
 
@@ -62,6 +62,19 @@ class ObservedLimit:
     per_seconds: float
     limit: float | None
     remaining: float | None
+
+
+def learnt_limits(unit: Unit, observed: list[ObservedLimit], kept: set[float]) -> list[Limit]:
+    """The windows of ``unit`` the server's reports ask for, one per window length (the
+    tightest), leaving out the lengths in ``kept``: those the user set keep the user's limit."""
+    wanted = [
+        (lim, False)
+        for o in observed
+        if o.unit == unit and o.limit and o.limit > 0 and math.isfinite(o.limit)
+        for lim in discovered_limits(unit, o.limit, o.per_seconds)
+        if not any(math.isclose(lim.per_seconds, seconds) for seconds in kept)
+    ]
+    return [lim for lim, _ in one_per_window(wanted)]
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from ..config import Limit, RatelimitConfig, discovered_limits
+from ..config import Limit, RatelimitConfig, one_per_window
 from ..errors import BudgetExhausted, RequestTooLarge
-from .base import Counters, LimiterStats, ObservedLimit, Reservation, State
+from .base import Counters, LimiterStats, ObservedLimit, Reservation, State, learnt_limits
 from .window import WindowState
 
 #: Longest pause a single signal may impose; larger Retry-After values are clamped.
@@ -94,7 +94,9 @@ class RateLimiter(SyncBackedAsyncMixin):
         poll_interval: float = 5.0,
     ) -> None:
         cfg = config if config is not None else RatelimitConfig.from_env()
-        pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
+        pairs = one_per_window(
+            [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
+        )
         margin = cfg.window_margin if window_margin is None else window_margin
         self._margin = margin
         self._windows = [WindowState(lim, margin) for lim, _ in pairs]
@@ -635,20 +637,14 @@ class RateLimiter(SyncBackedAsyncMixin):
         for unit in ("requests", "tokens"):
             mine = [i for i, w in enumerate(self._windows) if w.limit.unit == unit]
             kept = {self._windows[i].limit.per_seconds for i in mine if self._explicit[i]}
-            wanted = [
-                lim
-                for o in observed
-                if o.unit == unit and o.limit and o.limit > 0 and math.isfinite(o.limit)
-                for lim in discovered_limits(unit, o.limit, o.per_seconds)
-                if not any(math.isclose(lim.per_seconds, seconds) for seconds in kept)
-            ]
+            wanted = learnt_limits(unit, observed, kept)
             dropped = [self._windows[i] for i in mine if not self._explicit[i]]
             if not wanted or {w.limit for w in dropped} == set(wanted):
                 continue
             keep = [i for i in range(len(self._windows)) if self._windows[i] not in dropped]
             self._windows = [self._windows[i] for i in keep]
             self._explicit = [self._explicit[i] for i in keep]
-            for lim in dict.fromkeys(wanted):
+            for lim in wanted:
                 w = WindowState(lim, self._margin)
                 # Requests already booked (some still waiting to go) count in the new
                 # window too, at their slot's end: later than they went, so for at least

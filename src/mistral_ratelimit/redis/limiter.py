@@ -34,9 +34,16 @@ import anyio.to_thread
 import redis
 import redis.exceptions
 
-from ..config import Limit, RatelimitConfig, discovered_limits
+from ..config import Limit, RatelimitConfig, one_per_window
 from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
-from ..limiter.base import Counters, LimiterStats, ObservedLimit, Reservation, State
+from ..limiter.base import (
+    Counters,
+    LimiterStats,
+    ObservedLimit,
+    Reservation,
+    State,
+    learnt_limits,
+)
 from ..limiter.memory import (
     ANCHOR_SLACK,
     LONG_WINDOW_SECONDS,
@@ -245,7 +252,9 @@ class RedisRateLimiter:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
         cfg = config if config is not None else RatelimitConfig.from_env()
         self._config = cfg
-        pairs = [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
+        pairs = one_per_window(
+            [(lim, True) for lim in limits] if limits is not None else cfg.engine_limits()
+        )
         self._limits = [lim for lim, _ in pairs]
         self._explicit = [explicit for _, explicit in pairs]
         self._margin = cfg.window_margin if window_margin is None else window_margin
@@ -1144,12 +1153,7 @@ class RedisRateLimiter:
                 shared.extend([unit, o.limit, o.per_seconds] for o in reported)
                 mine = [i for i, lim in enumerate(self._limits) if lim.unit == unit]
                 kept = {self._limits[i].per_seconds for i in mine if self._explicit[i]}
-                wanted = [
-                    lim
-                    for o in reported
-                    for lim in discovered_limits(unit, o.limit or 0.0, o.per_seconds)
-                    if not any(math.isclose(lim.per_seconds, seconds) for seconds in kept)
-                ]
+                wanted = learnt_limits(unit, reported, kept)
                 learnt = [i for i in mine if not self._explicit[i]]
                 if not wanted or {self._limits[i] for i in learnt} == set(wanted):
                     continue
@@ -1157,7 +1161,7 @@ class RedisRateLimiter:
                 keep = [i for i in range(len(self._limits)) if i not in learnt]
                 self._limits = [self._limits[i] for i in keep]
                 self._explicit = [self._explicit[i] for i in keep]
-                for lim in dict.fromkeys(wanted):
+                for lim in wanted:
                     self._limits.append(lim)
                     self._explicit.append(False)
             if dropped:
