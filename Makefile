@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SDK2_VENV ?= .venv-sdk2
 
-.PHONY: demo test test-fast test-sdk2 lint typecheck check bench clean
+.PHONY: demo test test-fast test-sdk2 fuzz lint typecheck check bench clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is required"'
@@ -38,6 +38,11 @@ test-sdk2: $(SDK2_VENV)/.installed
 
 test-fast: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -x -m 'not realclock and not redis and not sdk'
+
+# Fresh random examples for every property test (`make test` replays fixed ones).
+PROPERTY_TESTS := $(shell grep -l '@given' tests/test_*.py)
+fuzz: $(VENV)/.dev-installed
+	HYPOTHESIS_PROFILE=explore $(BIN)/python -m pytest -q -p no:cacheprovider $(PROPERTY_TESTS)
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench examples

@@ -12,7 +12,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+import os
+
 import pytest
+from hypothesis import settings
 
 from mistral_ratelimit.config import Limit, RatelimitConfig
 from mistral_ratelimit.limiter import Limiter, RateLimiter
@@ -24,6 +27,12 @@ collect_ignore = (
     if importlib.util.find_spec("httpx2")
     else ["test_headers.py", "test_transport.py", "test_transport_composition.py"]
 )
+
+# `make test` (and CI) replays the same examples every run, so a green clone stays green;
+# `make fuzz` draws fresh ones (HYPOTHESIS_PROFILE=explore) to look for new failures.
+settings.register_profile("repeatable", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 #: Backends every contract test runs against.
 #: "redis" runs on a throw-away redis-server (tests/redis_server.py) and skips without one.
