@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
-
-import os
 
 import pytest
 from hypothesis import settings
