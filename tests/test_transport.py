@@ -1044,3 +1044,92 @@ def test_a_429_with_the_month_nearly_spent_fails_fast(rig: Rig) -> None:
         client.post("/v1/conversations", json=body)  # may need 1000 tokens of output alone
     assert len(script.calls) == 1  # not retried: the month cannot hold it
     assert "194 tokens left this month" in str(info.value)
+
+
+# -- counted from when it left, even without a reply -----------------------------------------
+
+LEFT_LATE = 0.3  # seconds between a request's turn and its body reaching the wire
+
+
+class LateSync:
+    """The library's own transport behind a slow start (a cold connection, a busy host)."""
+
+    def __init__(self, lib: Any) -> None:
+        self.inner = lib.HTTPTransport()
+
+    def handle_request(self, request: Any) -> Any:
+        time.sleep(LEFT_LATE)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class LateAsync:
+    def __init__(self, lib: Any) -> None:
+        self.inner = lib.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: Any) -> Any:
+        await anyio.sleep(LEFT_LATE)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def slow_reply(lib: Any) -> Callable[[Any], Any]:
+    def reply(request: Any) -> Any:
+        time.sleep(1.5)  # longer than the window: the next window's requests go first
+        return lib.Response(200, json=RESPONSE)
+
+    return reply
+
+
+def assert_counted_from_departure(limiter: RateLimiter, due: float) -> None:
+    # 1 request per second: the next one goes a window after the first *left*, not after
+    # it was due (that was only learnt from the response, which never came).
+    following = limiter.reserve(0)
+    assert following.at - due >= 1.0 + LEFT_LATE - 0.05
+    limiter.cancel(following)
+
+
+@pytest.mark.parametrize("lib_name", ["httpx", "httpx2"])
+def test_a_request_that_left_late_and_timed_out_counts_from_when_it_left(
+    lib_name: str, scripted_server: ScriptedServer
+) -> None:
+    lib, mr = LIBS[lib_name]
+    cfg = config(requests_per_second=1, max_retries=0)
+    limiter = RateLimiter(cfg)
+    scripted_server.script = slow_reply(lib)
+    transport = mr.RateLimitTransport(LateSync(lib), limiter=limiter, config=cfg)
+    due = limiter.now()
+    with (
+        lib.Client(transport=transport, base_url=scripted_server.url, timeout=0.6) as client,
+        pytest.raises(lib.ReadTimeout),
+    ):
+        client.post("/v1/conversations", json=START_BODY)
+    assert limiter.stats().in_flight == 0
+    assert_counted_from_departure(limiter, due)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("lib_name", ["httpx", "httpx2"])
+def test_a_request_that_left_late_and_was_cancelled_counts_from_when_it_left(
+    lib_name: str, backend: str, scripted_server: ScriptedServer
+) -> None:
+    lib, mr = LIBS[lib_name]
+    cfg = config(requests_per_second=1, max_retries=0)
+    limiter = RateLimiter(cfg)
+    scripted_server.script = slow_reply(lib)
+    due = limiter.now()
+
+    async def main() -> None:
+        transport = mr.AsyncRateLimitTransport(LateAsync(lib), limiter=limiter, config=cfg)
+        async with lib.AsyncClient(transport=transport, base_url=scripted_server.url) as client:
+            with anyio.move_on_after(0.7) as scope:
+                await client.post("/v1/conversations", json=START_BODY)
+        assert scope.cancelled_caught
+
+    anyio.run(main, backend=backend)
+    assert limiter.stats().in_flight == 0
+    assert_counted_from_departure(limiter, due)

@@ -8,6 +8,7 @@ the same ``read``/``close``/``aread``/``aclose`` and transports the same ``handl
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -17,6 +18,10 @@ import anyio
 from .lifecycle import Acquire, BodyObserver, Call, Close, Deliver, ReadBody, Send, Sleep, Steps
 from .limiter.base import Limiter
 from .limiter.waiting import aacquire, acquire
+
+log = logging.getLogger("mistral_ratelimit")
+
+Depart = Callable[[float], None]
 
 
 def _call_sync(limiter: Limiter, call: Call) -> Any:
@@ -30,10 +35,46 @@ async def _call_async(limiter: Limiter, call: Call) -> Any:
     return await twin(*call.args)
 
 
+def departure_sync(limiter: Limiter, departed: Callable[[float], Call | None]) -> Depart:
+    """What the sync transport calls when a request body has been written (``Send``)."""
+
+    def depart(sent_at: float) -> None:
+        try:
+            call = departed(sent_at)
+            if call is not None:
+                _call_sync(limiter, call)
+        except Exception:  # best effort: it must never fail the request on its way
+            log.debug("could not count a request from when it left", exc_info=True)
+
+    return depart
+
+
+def departure_async(
+    limiter: Limiter, departed: Callable[[float], Call | None]
+) -> Callable[[float], Awaitable[None]]:
+    """Async twin of :func:`departure_sync`: shielded, as every limiter call is."""
+    direct = getattr(limiter, "nonblocking", False) is True
+
+    async def depart(sent_at: float) -> None:
+        try:
+            call = departed(sent_at)
+            if call is None:
+                return
+            if direct:
+                _call_sync(limiter, call)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await _call_async(limiter, call)
+        except Exception:
+            log.debug("could not count a request from when it left", exc_info=True)
+
+    return depart
+
+
 def drive_sync(
     steps: Steps,
     limiter: Limiter,
-    send: Callable[[], Any],
+    send: Callable[[Send], Any],
     read_prefix: Callable[[Any, int], tuple[bytes, bool]] | None = None,
 ) -> Any:
     """Run ``steps`` to completion with blocking I/O; returns the generator's value.
@@ -51,7 +92,7 @@ def drive_sync(
             if isinstance(effect, Call):
                 value = _call_sync(limiter, effect)
             elif isinstance(effect, Send):
-                value = send()
+                value = send(effect)
             elif isinstance(effect, Acquire):
                 value = acquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Close):
@@ -68,7 +109,7 @@ def drive_sync(
 async def drive_async(
     steps: Steps,
     limiter: Limiter,
-    send: Callable[[], Awaitable[Any]],
+    send: Callable[[Send], Awaitable[Any]],
     read_prefix: Callable[[Any, int], Awaitable[tuple[bytes, bool]]] | None = None,
 ) -> Any:
     """Async twin of :func:`drive_sync`, on anyio so it runs under asyncio and trio.
@@ -95,7 +136,7 @@ async def drive_async(
                     with anyio.CancelScope(shield=True):
                         value = await _call_async(limiter, effect)
             elif isinstance(effect, Send):
-                value = await send()
+                value = await send(effect)
             elif isinstance(effect, Acquire):
                 value = await aacquire(limiter, effect.tokens, priority=effect.priority)
             elif isinstance(effect, Close):
@@ -174,11 +215,11 @@ class ObservedAsyncStream(ObservedStreamBase):
             await drive_async(self._observer.finish(), self._limiter, no_asend)
 
 
-def no_send() -> Any:  # pragma: no cover - finish() never sends
+def no_send(_: Send) -> Any:  # pragma: no cover - finish() never sends
     raise RuntimeError("settlement does not send requests")
 
 
-async def no_asend() -> Any:  # pragma: no cover
+async def no_asend(_: Send) -> Any:  # pragma: no cover
     raise RuntimeError("settlement does not send requests")
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, NamedTuple
 
 from .accounting.decoding import IncrementalDecoder, decode_body
@@ -68,8 +69,15 @@ class Acquire(NamedTuple):
 
 
 class Send(NamedTuple):
-    """Send the request; the result is ``(response, sent_at)``: the ``time.monotonic()`` at
-    which the request body was written, or None when the transport cannot tell."""
+    """Send the request; the result is the response.
+
+    ``departed``, when set, is called by the adapter as soon as the request body has been
+    written (if the transport can tell: httpcore's trace hook), with that
+    ``time.monotonic()``; the limiter call it returns is made then, before any response,
+    so a request that left late is counted from then even if its reply is slow to come or
+    never comes (a timeout, a cancel)."""
+
+    departed: Callable[[float], Call | None] | None = None
 
 
 SEND = Send()
@@ -204,7 +212,7 @@ class Lifecycle:
 
     def run(self, req: RequestView) -> Steps:
         if req.options.skip:
-            response, _ = yield SEND
+            response = yield SEND
             return Deliver(response, None)
         est = self.estimate(req)
         retries = req.options.max_retries
@@ -215,7 +223,7 @@ class Lifecycle:
             res: Reservation = yield Acquire(est.total, req.options.priority)
             waited += max(0.0, res.at - res.created_at)
             try:
-                response, sent_at = yield SEND
+                response = yield Send(partial(self._departed, res)) if self._can_anchor else SEND
             except BaseException as exc:
                 not_sent = any(k.__name__ in NOT_SENT_ERRORS for k in type(exc).__mro__)
                 if not_sent:
@@ -240,16 +248,18 @@ class Lifecycle:
                     yield Sleep(pause)
                     continue
                 raise
-            if sent_at is not None and self._can_anchor:
-                # The server counts the request when it arrives, which is when it left here
-                # (a cold connection, a blocked event loop): count it from then too.
-                yield Call("anchor", (res, max(0.0, sent_at - res.due_local)))
             outcome = yield from self._classify(res, est, req, response, attempt, max_retries)
             if isinstance(outcome, Deliver):
                 record_attempts(outcome.response, attempt + 1, waited)
                 return outcome
             waited += outcome
             attempt += 1
+
+    @staticmethod
+    def _departed(res: Reservation, sent_at: float) -> Call:
+        # The server counts the request when it arrives, which is when it left here (a cold
+        # connection, a blocked event loop): count it from then too.
+        return Call("anchor", (res, max(0.0, sent_at - res.due_local)))
 
     def _limits_due(self) -> bool:
         """Whether a successful response's rate-limit headers should be read. Reading and

@@ -7,14 +7,23 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .accounting.request import Estimator
 from .accounting.tokenizer import preload_in_background
 from .config import RatelimitConfig
-from .driving import deliver, drive_async, drive_sync, no_asend, no_send
-from .lifecycle import Deliver, Lifecycle, RequestOptions, RequestView
+from .driving import (
+    Depart,
+    deliver,
+    departure_async,
+    departure_sync,
+    drive_async,
+    drive_sync,
+    no_asend,
+    no_send,
+)
+from .lifecycle import Deliver, Lifecycle, RequestOptions, RequestView, Send
 from .limiter.base import Limiter
 from .limiter.memory import RateLimiter
 from .streams import AsyncStream, SyncStream, aread_prefix, read_prefix
@@ -64,12 +73,12 @@ _SENT_EVENT = "send_request_body.complete"
 
 class _SendTimer:
     """Hooks the ``trace`` extension (httpcore, under httpx and httpx2's HTTPTransport) to
-    learn when the request body really left, keeping any trace hook the caller set."""
+    tell ``depart`` when the request body really left, keeping any trace hook the caller
+    set."""
 
     def __init__(self, request: Any) -> None:
         self.request = request
         self.user_trace = request.extensions.get("trace")
-        self.sent: float | None = None  # time.monotonic() when the body was written
 
     def restore(self) -> None:
         if self.user_trace is None:
@@ -77,21 +86,25 @@ class _SendTimer:
         else:
             self.request.extensions["trace"] = self.user_trace
 
-    def install_sync(self) -> None:
+    def install_sync(self, depart: Depart) -> None:
+        user_trace = self.user_trace
+
         def trace(name: str, info: Any) -> None:
             if name.endswith(_SENT_EVENT):
-                self.sent = time.monotonic()
-            if self.user_trace is not None:
-                self.user_trace(name, info)
+                depart(time.monotonic())
+            if user_trace is not None:
+                user_trace(name, info)
 
         self.request.extensions["trace"] = trace
 
-    def install_async(self) -> None:
+    def install_async(self, depart: Callable[[float], Awaitable[None]]) -> None:
+        user_trace = self.user_trace
+
         async def trace(name: str, info: Any) -> None:
             if name.endswith(_SENT_EVENT):
-                self.sent = time.monotonic()
-            if self.user_trace is not None:
-                await self.user_trace(name, info)
+                await depart(time.monotonic())
+            if user_trace is not None:
+                await user_trace(name, info)
 
         self.request.extensions["trace"] = trace
 
@@ -169,7 +182,7 @@ class SyncTransportCore(_Core):
         outcome = drive_sync(
             self.lifecycle.run(_view(request, body, replayable)),
             self.limiter,
-            lambda: self._send(request),
+            lambda effect: self._send(request, effect),
             read_prefix,
         )
         if _already_read(outcome):
@@ -179,11 +192,13 @@ class SyncTransportCore(_Core):
             return outcome.response
         return deliver(outcome, SyncStream, self.limiter)
 
-    def _send(self, request: Any) -> tuple[Any, float | None]:
+    def _send(self, request: Any, effect: Send) -> Any:
+        if effect.departed is None:
+            return self.transport.handle_request(request)
         timer = _SendTimer(request)
-        timer.install_sync()
+        timer.install_sync(departure_sync(self.limiter, effect.departed))
         try:
-            return self.transport.handle_request(request), timer.sent
+            return self.transport.handle_request(request)
         finally:
             timer.restore()
 
@@ -205,7 +220,7 @@ class AsyncTransportCore(_Core):
         outcome = await drive_async(
             self.lifecycle.run(_view(request, body, replayable)),
             self.limiter,
-            lambda: self._asend(request),
+            lambda effect: self._asend(request, effect),
             aread_prefix,
         )
         if _already_read(outcome):
@@ -215,11 +230,13 @@ class AsyncTransportCore(_Core):
             return outcome.response
         return deliver(outcome, AsyncStream, self.limiter)
 
-    async def _asend(self, request: Any) -> tuple[Any, float | None]:
+    async def _asend(self, request: Any, effect: Send) -> Any:
+        if effect.departed is None:
+            return await self.transport.handle_async_request(request)
         timer = _SendTimer(request)
-        timer.install_async()
+        timer.install_async(departure_async(self.limiter, effect.departed))
         try:
-            return await self.transport.handle_async_request(request), timer.sent
+            return await self.transport.handle_async_request(request)
         finally:
             timer.restore()
 
