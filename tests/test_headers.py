@@ -103,7 +103,8 @@ def test_zero_limit() -> None:
         {"x-ratelimit-limit-req-minute": "0", "x-ratelimit-remaining-req-minute": "0"}
     )
     assert view.zero_limit
-    assert _limit(view, "requests", 60.0) == ObservedLimit("requests", 60.0, 0, 0)
+    # A window that is never allowed is not one to wait for: its remaining is not kept.
+    assert _limit(view, "requests", 60.0) == ObservedLimit("requests", 60.0, 0, None)
     # Spent for this minute is not the same as never allowed.
     view = parse_ratelimit_headers(
         {"x-ratelimit-limit-req-minute": "720", "x-ratelimit-remaining-req-minute": "0"}

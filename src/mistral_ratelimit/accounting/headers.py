@@ -199,7 +199,10 @@ def _server_view(pairs: list[tuple[str, str]]) -> ServerView:
         if limit is not None and remaining is not None and remaining > limit:
             remaining = None
         if limit == 0:
+            # Nothing to wait for: such a 429 fails fast. Its "0 remaining" adopted would
+            # hold every caller for the whole window, and again after every such reply.
             zero_limit = True
+            remaining = None
         if unit == "tokens" and window == SECONDS_PER_MONTH:
             month_remaining = remaining
             month_exhausted = remaining == 0
