@@ -272,3 +272,46 @@ def test_vocabulary_ships_in_the_wheel(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     assert "mistral_ratelimit/accounting/data/tekken.vocab.z" in names
     assert "mistral_ratelimit/accounting/data/NOTICE" in names
+
+
+def test_first_requests_do_not_wait_for_the_vocabulary(
+    fresh_tokenizer: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the vocabulary loads (the first ~0.3 s of a process), a request whose cheap
+    bound fits the budget goes at once: an exact count would wait for the load, stalling an
+    event loop."""
+    import httpx
+
+    from mistral_ratelimit import RatelimitConfig, RateLimiter
+    from mistral_ratelimit.httpx import RateLimitTransport
+
+    real = tokenizer._load_encoding
+    release = threading.Event()
+
+    def held() -> Any:
+        release.wait(10)
+        return real()
+
+    monkeypatch.setattr(tokenizer, "_load_encoding", held)
+    loader = threading.Thread(target=count_tokens, args=("warm up",))  # the background load
+    loader.start()
+    usage = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
+    cfg = RatelimitConfig(api_key="k", requests_per_second=100, tokens_per_minute=1_000_000)
+    limiter = RateLimiter(cfg)
+    transport = RateLimitTransport(
+        httpx.MockTransport(lambda r: httpx.Response(200, json={"usage": usage})),
+        limiter=limiter,
+        config=cfg,
+    )
+    body = {"inputs": "Bonjour !", "model": "mistral-small-latest"}
+    try:
+        with httpx.Client(transport=transport, base_url="https://api.mistral.ai") as client:
+            for _ in range(3):
+                assert client.post("/v1/conversations", json=body).status_code == 200
+            assert not release.is_set() and not tokenizer.is_loaded()  # done during the load
+            s = limiter.stats()
+            assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == 3 * 15
+            assert s.estimate_samples == 0  # nothing was counted exactly
+    finally:
+        release.set()
+        loader.join(10)

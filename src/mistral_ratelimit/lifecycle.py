@@ -30,6 +30,7 @@ from .accounting.headers import (
 )
 from .accounting.request import Estimator
 from .accounting.responses import classify_response
+from .accounting.tokenizer import is_loaded as tokenizer_loaded
 from .accounting.types import ErrorClass, Estimate, Usage
 from .accounting.usage import StreamSniffer, parse_json_response
 from .config import RatelimitConfig
@@ -205,6 +206,11 @@ class Lifecycle:
         cheap = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
         room = self._token_room() if self._token_room is not None else None
         self._estimates += 1
+        if room is not None and cheap.total <= room and not tokenizer_loaded():
+            # The vocabulary is still loading (the first requests of a process): an exact
+            # count would wait for it, blocking an event loop for a few hundred ms. The
+            # bound fits, so it goes now and is settled from usage.
+            return cheap
         sample = self._estimates % EXACT_SAMPLE_EVERY == 1  # keeps the correction learning
         if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room and not sample:
             return cheap

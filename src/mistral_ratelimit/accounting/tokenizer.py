@@ -180,11 +180,17 @@ def tokenizer_info() -> dict[str, object]:
     return dict(_state)
 
 
+def is_loaded() -> bool:
+    """Whether counting can start at once: the vocabulary is loaded (or known to be
+    unavailable), so no count would wait for the load."""
+    return _state["source"] is not None
+
+
 def preload_in_background() -> None:
     """Start loading the vocabulary in a daemon thread, once per process, so the first exact
     count does not stall an event loop for the ~0.2 s the load takes."""
     global _preload_started
-    with _lock:
+    with _preload_lock:  # not ``_lock``: the load holds that one for its whole length
         if _preload_started or _state["source"] is not None:
             return
         _preload_started = True
@@ -192,6 +198,7 @@ def preload_in_background() -> None:
 
 
 _preload_started = False
+_preload_lock = threading.Lock()
 
 
 def _reset_for_tests() -> None:
