@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import anyio
 import pytest
 import trio
 import trio.testing
@@ -448,3 +449,59 @@ def test_queued_waiters_sleep_until_a_release_wakes_them() -> None:
     assert time.monotonic() - started < 10
     assert sorted(set(done)) == ["asyncio", "thread", "trio"] and len(done) == 3 * per_kind
     assert limiter.stats().in_flight == 0
+
+
+@pytest.mark.timeout(30)
+def test_waiters_booked_at_an_assumed_pace_go_at_the_learnt_one() -> None:
+    """No limits set: the tier default of 1 request a second books a burst over seconds.
+    When the first response reports the real limit (10 a second), the waiting callers are
+    booked again against it, in order, and woken: threads, asyncio and trio alike."""
+    from mistral_ratelimit.limiter import ObservedLimit
+
+    # A margin, so that a thread waking a little late is not re-counted from then (the
+    # order checked below is the order of the bookings).
+    limiter = Recording(RateLimiter(RatelimitConfig(api_key="sk-test"), window_margin=0.05))
+    first = acquire(limiter, 0)  # goes at once, and its reply reports the tier
+    granted: list[tuple[float, Reservation]] = []
+    lock = threading.Lock()
+
+    def note(res: Reservation) -> None:
+        with lock:
+            granted.append((time.monotonic(), res))
+
+    async def one_async() -> None:
+        note(await aacquire(limiter, 0))
+
+    async def four_async() -> None:
+        async with anyio.create_task_group() as group:
+            for _ in range(4):
+                group.start_soon(one_async)
+
+    workers = [threading.Thread(target=lambda: note(acquire(limiter, 0))) for _ in range(4)]
+    for backend in ("asyncio", "trio"):
+        workers.append(
+            threading.Thread(target=anyio.run, args=(four_async,), kwargs={"backend": backend})
+        )
+    started = time.monotonic()
+    for w in workers:
+        w.start()
+    deadline = started + 5
+    while len(limiter.made) < 13 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(limiter.made) == 13
+    assumed = max(r.at for r in limiter.made) - first.at
+    assert assumed >= 11  # twelve waiters at one a second
+    booked = [(r.at, r) for r in limiter.made[1:]]
+    limiter.adopt([ObservedLimit("requests", 1.0, 10, 9)])
+    rebooked = {id(r): r.at for _, r in booked}
+    for w in workers:
+        w.join(10)
+    assert len(granted) == 12
+    # Woken, not left asleep until their old times: all gone within about a second.
+    assert max(t for t, _ in granted) - started < 4
+    ats = [r.at for r in limiter.made]
+    assert admitted_per_window([(at, 1) for at in ats], 1.0) <= 10
+    # In the order they were booked.
+    moved = [rebooked[id(r)] for _, r in sorted(booked, key=lambda e: e[0])]
+    assert moved == sorted(moved)
+    assert all(rebooked[id(r)] < at for at, r in booked[2:])  # the later ones moved earlier

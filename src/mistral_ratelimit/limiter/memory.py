@@ -266,6 +266,9 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     #: ``reserve(..., priority=n)`` is honoured (the transports check this flag).
     supports_priority = True
+    #: A caller waiting for its booked time may be woken sooner (``Reservation.wake``): a
+    #: discovery of looser limits moves waiting bookings earlier (see ``adopt``).
+    wakes_scheduled = True
 
     def reserve(self, tokens: float, requests: float = 1.0, *, priority: int = 0) -> Reservation:
         res = Reservation(clean_amount(tokens, "tokens"), clean_amount(requests, "requests"))
@@ -540,12 +543,14 @@ class RateLimiter(SyncBackedAsyncMixin):
         starts_at: Callable[[float, Reservation], bool],
         first: Reservation | None = None,
         stale: Reservation | None = None,
+        earlier: bool = False,
     ) -> None:
         """Re-book waiting reservations now, in their order, from the first one for which
         ``starts_at(at, res)`` holds; ``first`` (a new higher-priority reservation) is booked
         before those of lower priority among them. ``stale`` is a waiting reservation that
         may have been forgotten (see ``_late``): it moves with every waiting one that
-        arrived after it.
+        arrived after it. ``earlier``: they may move earlier too, and the callers of those
+        that do are woken (``_woken``).
 
         Re-booking each one lazily when its caller wakes would put it behind everyone who
         arrived meanwhile: arrival order lost, and under repeated 429s a waiter could be
@@ -579,17 +584,21 @@ class RateLimiter(SyncBackedAsyncMixin):
             finally:  # even if ``first`` cannot be booked, the others must be again
                 self._book_all(moving, now)
         else:
-            self._book_all(moving, now)
+            self._book_all(moving, now, earlier)
 
-    def _book_all(self, reservations: list[Reservation], now: float) -> None:
+    def _book_all(self, reservations: list[Reservation], now: float, earlier: bool = False) -> None:
         for res in reservations:
+            was = res.at
             try:
-                # Never earlier than it was: its caller sleeps until then before asking
-                # again, and would go late on a booking that counts from before it left.
-                self._schedule(res, now, not_before=res.at)
+                # Never earlier than it was, unless its caller is woken: it sleeps until
+                # then before asking again, and would go late.
+                self._schedule(res, now, not_before=-math.inf if earlier else was)
             except BudgetExhausted:
                 self._s["tokens_reserved"] += res.tokens  # _cancel_locked takes it off again
                 self._cancel_locked(res)
+                continue
+            if res.at < was:
+                self._woken.append(res)
 
     def _schedule_first(self, res: Reservation, now: float) -> None:
         """Book ``res``, ahead of waiting reservations of lower priority if it has one."""
@@ -612,7 +621,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         hold a request fails fast instead (lifecycle.py)."""
         with self._lock:
             now = self._clock()
-            self._discover(observed)
+            discovered = self._discover(observed)
             for obs in observed:
                 if obs.remaining is None or not math.isfinite(obs.remaining) or obs.remaining < 0:
                     continue
@@ -626,14 +635,23 @@ class RateLimiter(SyncBackedAsyncMixin):
                         excess = w.available_at(now) - obs.remaining
                         if excess > 0:
                             w.add(now, excess)
+            if discovered:
+                # Booked against the windows assumed until now (a 1 rps tier default), the
+                # waiting requests would keep that pace: the server's limits apply to them
+                # too, and a caller that may go sooner is woken.
+                self._rebook_waiting(now, lambda at, _res: at > now, earlier=True)
+        if self._woken:
+            self._wake_promoted()
 
-    def _discover(self, observed: list[ObservedLimit]) -> None:
+    def _discover(self, observed: list[ObservedLimit]) -> bool:
         """Replace the windows the user did not set by those the server reports.
 
         Every report may change them (a tier upgrade, or a wrong header corrected by the
         next response); a window length the user set keeps the user's limit. Requests
-        already booked count in the new windows too (see ``_slot``).
+        already booked count in the new windows too (see ``_slot``). Returns whether any
+        window changed.
         """
+        changed = False
         for unit in ("requests", "tokens"):
             mine = [i for i, w in enumerate(self._windows) if w.limit.unit == unit]
             kept = {self._windows[i].limit.per_seconds for i in mine if self._explicit[i]}
@@ -657,6 +675,8 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._windows.append(w)
                 self._explicit.append(False)
             self._horizon_for = None
+            changed = True
+        return changed
 
     def record_estimate(self, estimated: float, actual: float) -> None:
         with self._lock:

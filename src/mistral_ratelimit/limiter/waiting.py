@@ -2,7 +2,8 @@
 
 A caller queued behind ``max_concurrency`` does not poll: it hands the reservation a wake-up
 (``Reservation.wake``) and sleeps until a backend that knows when a slot frees (the in-memory
-one) calls it, or until ``delay()``'s answer has passed (a backend that cannot tell, such as
+one) calls it, or until ``delay()``'s answer has passed. On a backend that may move a booking
+earlier (``wakes_scheduled``), a caller waiting for its booked time sleeps the same way (a backend that cannot tell, such as
 Redis, answers with its own polling interval). The wake-up belongs to the waiting thread or
 task, never to the limiter, so the limiter stays bound to no event loop.
 """
@@ -79,6 +80,13 @@ class _TaskWake:
         self._event = anyio.Event()  # replaced before the caller asks again (see _ThreadWake)
 
 
+def _wakes_scheduled(limiter: Limiter) -> bool:
+    """Whether a caller waiting for its booked time should sleep on a wake-up, as one
+    queued for a slot does: only a backend that may move a booking earlier calls it (a
+    backend that cannot would only cost an extra ``delay()`` call per wait)."""
+    return getattr(limiter, "wakes_scheduled", False) is True
+
+
 def _granted(limiter: Limiter, res: Reservation, slept: bool) -> Reservation:
     # Measured from when it was due, on the limiter's clock, not from when this caller last
     # meant to wake: the final delay() may have re-booked it, and anchor() counts the lag
@@ -105,18 +113,19 @@ def acquire(
     """
     reserve: Any = limiter.reserve  # ``priority`` is an optional extension of the contract
     res: Reservation = reserve(tokens, requests, **_priority_kwargs(limiter, priority))
+    wakes = _wakes_scheduled(limiter)
     wake: _ThreadWake | None = None
     slept = False
     try:
         while (wait := limiter.delay(res)) > 0:
             slept = True
             res.due_local = time.monotonic() + wait
-            if res.state is not State.QUEUED or sleep is not time.sleep:
+            if sleep is not time.sleep or (res.state is not State.QUEUED and not wakes):
                 sleep(wait)
             elif wake is None:
-                # Made on the first queued answer, then asked again at once: a release
-                # between that answer and this line promoted it already, and any later
-                # one calls the wake-up.
+                # Made on the first answer, then asked again at once: a release (or a
+                # re-booking) between that answer and this line is in the next answer
+                # already, and any later one calls the wake-up.
                 wake = _ThreadWake()
                 res.wake = wake.set
             else:
@@ -135,13 +144,14 @@ async def aacquire(
     """Async twin of :func:`acquire`, on anyio so it works under asyncio and trio."""
     areserve: Any = limiter.areserve
     res: Reservation = await areserve(tokens, requests, **_priority_kwargs(limiter, priority))
+    wakes = _wakes_scheduled(limiter)
     wake: _TaskWake | None = None
     slept = False
     try:
         while (wait := await limiter.adelay(res)) > 0:
             slept = True
             res.due_local = time.monotonic() + wait
-            if res.state is not State.QUEUED:
+            if res.state is not State.QUEUED and not wakes:
                 await anyio.sleep(wait)
             elif wake is None:  # as in acquire()
                 wake = _TaskWake()
