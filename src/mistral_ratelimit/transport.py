@@ -96,7 +96,9 @@ class _SendTimer:
         self.request.extensions["trace"] = trace
 
 
-def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
+def _view(
+    request: Any, body: bytes | None, replayable: bool, options: RequestOptions
+) -> RequestView:
     # Only Accept tells the estimator anything (a stream); copying every header would cost
     # more than estimating the body.
     accept = request.headers.get("accept")
@@ -106,7 +108,7 @@ def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
         headers={} if accept is None else {"accept": accept},
         body=body,
         replayable=replayable,
-        options=RequestOptions.from_extensions(request.extensions),
+        options=options,
     )
 
 
@@ -157,6 +159,8 @@ class _Core:
 
 class SyncTransportCore(_Core):
     def handle_request(self, request: Any) -> Any:
+        # First: a bad option raises before the body is read or anything is reserved.
+        options = RequestOptions.from_extensions(request.extensions)
         try:
             body, replayable = request.content, True
         except Exception as exc:
@@ -167,7 +171,7 @@ class SyncTransportCore(_Core):
                 request.read()  # a streamed JSON body is buffered once, so a retry can resend it
                 body, replayable = request.content, True
         outcome = drive_sync(
-            self.lifecycle.run(_view(request, body, replayable)),
+            self.lifecycle.run(_view(request, body, replayable, options)),
             self.limiter,
             lambda: self._send(request),
             read_prefix,
@@ -193,6 +197,8 @@ class SyncTransportCore(_Core):
 
 class AsyncTransportCore(_Core):
     async def handle_async_request(self, request: Any) -> Any:
+        # First: a bad option raises before the body is read or anything is reserved.
+        options = RequestOptions.from_extensions(request.extensions)
         try:
             body, replayable = request.content, True
         except Exception as exc:
@@ -203,7 +209,7 @@ class AsyncTransportCore(_Core):
                 await request.aread()
                 body, replayable = request.content, True
         outcome = await drive_async(
-            self.lifecycle.run(_view(request, body, replayable)),
+            self.lifecycle.run(_view(request, body, replayable, options)),
             self.limiter,
             lambda: self._asend(request),
             aread_prefix,
