@@ -315,7 +315,7 @@ def test_a_spent_monthly_budget_fails_fast() -> None:
     rec = Recorder(lambda _req: http.Response(200, json={**conversation_response(), "usage": big}))
     with make_client(rec, tokens_per_month=3000, default_max_tokens=100) as client:
         client.beta.conversations.start(inputs="hi", model="m")  # settles to 2905 tokens
-        with pytest.raises(BudgetExhausted, match="3000"):
+        with pytest.raises(BudgetExhausted, match="3,000"):
             client.beta.conversations.start(inputs="hi", model="m")
     assert len(rec.requests) == 1
 

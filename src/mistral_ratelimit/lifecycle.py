@@ -34,7 +34,7 @@ from .accounting.responses import classify_response
 from .accounting.types import ErrorClass, Estimate, Usage
 from .accounting.usage import StreamSniffer, parse_json_response
 from .config import RatelimitConfig
-from .errors import BudgetExhausted
+from .errors import BudgetExhausted, format_amount
 from .limiter.base import Limiter, Reservation
 
 log = logging.getLogger("mistral_ratelimit")
@@ -355,9 +355,9 @@ class Lifecycle:
                 yield Close(response)
                 what = (
                     "a limit of 0"
-                    if view.zero_limit
-                    else f"{month_left:g} tokens left this month, and this request may need "
-                    f"{est.total}"
+                    if view.zero_limit or month_left is None
+                    else f"{format_amount(month_left)} tokens left this month, and this "
+                    f"request may need {format_amount(est.total)}"
                 )
                 raise BudgetExhausted(f"{status} from the server with {what}; not retrying")
             wait = retry_after_seconds(headers)
