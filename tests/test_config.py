@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from typing import Any
 
@@ -185,6 +186,67 @@ def test_from_env_reads_os_environ_and_overrides_win(monkeypatch: pytest.MonkeyP
     cfg = RatelimitConfig.from_env(max_retries=1)
     assert cfg.tokens_per_minute == 1234
     assert cfg.max_retries == 1
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "override"),
+    [
+        ("MISTRAL_RATELIMIT_REQUESTS_PER_SECOND", "abc", {"requests_per_second": 2}),
+        ("MISTRAL_RATELIMIT_TOKENS_PER_MONTH", "-1", {"tokens_per_month": None}),
+        ("MISTRAL_RATELIMIT_MAX_RETRIES", "3.5", {"max_retries": 1}),
+        ("MISTRAL_RATELIMIT_BASE_DELAY", "off", {"base_delay": 0.5}),
+        ("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS", "maybe", {"retry_server_errors": True}),
+        ("MISTRAL_RATELIMIT_LIMITS", "garbage", {"limits": ()}),
+    ],
+)
+def test_a_field_given_as_a_keyword_is_not_read_from_the_environment(
+    var: str, raw: str, override: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError):
+        RatelimitConfig.from_env({var: raw})
+    cfg = RatelimitConfig.from_env({var: raw}, **override)
+    ((name, value),) = override.items()
+    assert getattr(cfg, name) == value
+
+
+def test_the_facade_keyword_beats_a_bad_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mistral_ratelimit import MistralRatelimitClient
+
+    monkeypatch.setenv("MISTRAL_RATELIMIT_REQUESTS_PER_SECOND", "abc")
+    client = MistralRatelimitClient(server_url="http://127.0.0.1:1", requests_per_second=2)
+    try:
+        assert client.config.requests_per_second == 2
+    finally:
+        client.close()
+
+
+def test_unknown_variables_are_named_in_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    env = {
+        "MISTRAL_RATELIMIT_TOKENS_PER_MINUTES": "sk-looks-like-a-secret",
+        "MISTRAL_RATELIMIT_ZZZ": "also-secret",
+        "MISTRAL_RATELIMIT_TIMEOUT": "5",
+        "MISTRAL_RATELIMIT_EMULATOR_API_KEY": "the emulator's own",
+        "OTHER": "1",
+    }
+    with caplog.at_level(logging.WARNING, logger="mistral_ratelimit"):
+        cfg = RatelimitConfig.from_env(env)
+    assert cfg.timeout == 5
+    (record,) = caplog.records
+    assert record.name == "mistral_ratelimit" and record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert (
+        "MISTRAL_RATELIMIT_TOKENS_PER_MINUTES (did you mean MISTRAL_RATELIMIT_TOKENS_PER_MINUTE?)"
+        in message
+    )
+    assert "MISTRAL_RATELIMIT_ZZZ" in message and "ZZZ (did you mean" not in message
+    assert "EMULATOR" not in message and "MISTRAL_RATELIMIT_TIMEOUT," not in message
+    assert "secret" not in message
+
+
+def test_known_variables_only_warn_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="mistral_ratelimit"):
+        RatelimitConfig.from_env({"MISTRAL_RATELIMIT_MAX_RETRIES": "2", "MISTRAL_API_KEY": "k"})
+    assert caplog.records == []
 
 
 def test_from_env_none_turns_a_limit_off() -> None:

@@ -222,6 +222,33 @@ def test_models_list(client: Mistral) -> None:
     assert all(isinstance(m, models.BaseModelCard) for m in listed.data)
 
 
+def _http_validation_error() -> type[Exception]:
+    """The SDK's class for a 422 (``errors`` on 2.x and 3.x, ``models`` on 1.x)."""
+    for module in (f"{LINE.package}.errors", f"{LINE.package}.models"):
+        try:
+            found = getattr(importlib.import_module(module), "HTTPValidationError", None)
+        except ImportError:
+            continue
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    raise AssertionError("this SDK has no HTTPValidationError")
+
+
+def test_a_negative_max_tokens_is_the_sdks_validation_error(client: Mistral) -> None:
+    # The real API answers 422 (pydantic's ge=0) and the SDK parses it, ctx included.
+    with pytest.raises(_http_validation_error()) as info:
+        client.beta.conversations.start(
+            inputs="hi", model="mistral-small-latest", completion_args={"max_tokens": -1}
+        )
+    err: Any = info.value
+    assert type(err).__name__ == "HTTPValidationError"
+    (detail,) = err.data.detail
+    assert (list(detail.loc), detail.type) == (
+        ["body", "completion_args", "max_tokens"],
+        "greater_than_equal",
+    )
+
+
 def test_wrong_key_is_401(emu: Emulator) -> None:
     with Mistral(api_key="wrong", server_url=emu.url) as bad, pytest.raises(SDKError) as err:
         bad.models.list()

@@ -419,6 +419,34 @@ MALFORMED = [
 ]
 
 
+def _max_tokens_error(kind: str, value: object) -> dict[str, object]:
+    loc = ["body", "completion_args", "max_tokens"]
+    if kind == "ge":
+        return {
+            "type": "greater_than_equal",
+            "loc": loc,
+            "msg": "Input should be greater than or equal to 0",
+            "input": value,
+            "ctx": {"ge": 0},
+        }
+    return {
+        "type": "int_type",
+        "loc": loc,
+        "msg": "Input should be a valid integer",
+        "input": value,
+    }
+
+
+# max_tokens must be an integer >= 0, as at the API: a negative one, a float (1e30, or even
+# 3.0, which the emulator would otherwise have to round) and a bool are 422s.
+MALFORMED += [
+    (b'{"inputs":"hi","completion_args":{"max_tokens":-1}}', [_max_tokens_error("ge", -1)]),
+    (b'{"inputs":"hi","completion_args":{"max_tokens":1e30}}', [_max_tokens_error("int", 1e30)]),
+    (b'{"inputs":"hi","completion_args":{"max_tokens":3.0}}', [_max_tokens_error("int", 3.0)]),
+    (b'{"inputs":"hi","completion_args":{"max_tokens":true}}', [_max_tokens_error("int", True)]),
+]
+
+
 @pytest.mark.parametrize(("raw", "detail"), MALFORMED, ids=range(len(MALFORMED)))
 def test_a_malformed_start_is_a_422_that_bills_no_tokens(
     emu: Emulator,
@@ -455,6 +483,23 @@ def test_a_tool_schema_without_properties_is_called_without_arguments(
     else:
         (call,) = r.json()["outputs"]
         assert (call["type"], call["name"], call["arguments"]) == ("function.call", "ping", "{}")
+
+
+@pytest.mark.parametrize("max_tokens", [0, 1, 64])
+def test_a_max_tokens_of_zero_or_more_is_served(client: httpx.Client, max_tokens: int) -> None:
+    assert start(client, completion_args={"max_tokens": max_tokens}).status_code == 200
+
+
+def test_append_restart_and_agents_refuse_a_negative_max_tokens(client: httpx.Client) -> None:
+    cid = start(client).json()["conversation_id"]
+    args = {"completion_args": {"max_tokens": -5}}
+    replies = [
+        client.post(f"/v1/conversations/{cid}", json={"inputs": "more", **args}),
+        client.post(f"/v1/conversations/{cid}/restart", json={"from_entry_id": "x", **args}),
+        client.post("/v1/agents", json={"model": "m", "name": "a", **args}),
+    ]
+    for r in replies:
+        assert (r.status_code, r.json()) == (422, {"detail": [_max_tokens_error("ge", -5)]})
 
 
 def test_restart_and_agents_validate_their_bodies(client: httpx.Client) -> None:

@@ -21,8 +21,15 @@ import pytest
 
 from conftest import FakeClock, MakeLimiter, admitted_per_window, is_close
 from mistral_ratelimit.config import SECONDS_PER_MONTH, Limit, RatelimitConfig
-from mistral_ratelimit.errors import BudgetExhausted, RequestTooLarge
-from mistral_ratelimit.limiter import Limiter, ObservedLimit, Reservation, aacquire, acquire
+from mistral_ratelimit.errors import BudgetExhausted, RequestTooLarge, format_amount
+from mistral_ratelimit.limiter import (
+    Limiter,
+    ObservedLimit,
+    RateLimiter,
+    Reservation,
+    aacquire,
+    acquire,
+)
 
 LONG = 30.0  # seconds: longer than any real-clock test runs
 
@@ -798,7 +805,7 @@ def test_monthly_budget_fails_fast(make_limiter: MakeLimiter, clock: FakeClock) 
     )
     limiter = make_limiter(cfg, clock=clock)
     acquire(limiter, 1000, sleep=clock.sleep)
-    with pytest.raises(BudgetExhausted, match="1000 tokens"):
+    with pytest.raises(BudgetExhausted, match="1,000 tokens"):
         limiter.reserve(1)
 
 
@@ -811,10 +818,28 @@ def test_a_long_wait_on_a_window_of_a_day_or_more_fails_fast(
     limiter = make_limiter([Limit(2, per_seconds, "requests")])
     assert [limiter.delay(limiter.reserve(0)) for _ in range(2)] == [0.0, 0.0]
     if fails_fast:
-        with pytest.raises(BudgetExhausted, match="2 requests per 86400 s budget is spent"):
+        with pytest.raises(BudgetExhausted, match="2 requests per 86,400 s budget is spent"):
             limiter.reserve(0)
     else:
         assert limiter.delay(limiter.reserve(0)) > per_seconds - 5
+
+
+def test_messages_write_counts_with_thousands_separators_not_e_notation() -> None:
+    # "request needs 4.80001e+06 tokens" made users count digits; a count is written out.
+    err = RequestTooLarge(4_800_010, 1_000_000, 60, "tokens")
+    assert str(err).startswith(
+        "request needs 4,800,010 tokens but the limit allows only 1,000,000 tokens per 60 s;"
+    )
+    assert "1,000,000,000 tokens" in str(RequestTooLarge(1e9, 100_000, 60, "tokens"))
+    assert "needs 12,345.5 tokens" in str(RequestTooLarge(12_345.5, 10_000, 60, "tokens"))
+    assert [format_amount(x) for x in (0.8333333, 2_592_000.0, 0.0, 999.25)] == [
+        "0.833",
+        "2,592,000",
+        "0",
+        "999.25",
+    ]
+    month = RateLimiter(RatelimitConfig(requests_per_second=None, tokens_per_month=1e9))
+    assert "1,000,000,000 tokens/2,592,000s" in repr(month)
 
 
 def test_queued_waiters_get_slots_in_arrival_order(

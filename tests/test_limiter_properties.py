@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from conftest import CLOCK_START, FakeClock, admitted_per_window, approx_le, is_close
 from mistral_ratelimit.config import Limit, RatelimitConfig
-from mistral_ratelimit.errors import RequestTooLarge
+from mistral_ratelimit.errors import RequestTooLarge, format_amount
 from mistral_ratelimit.limiter import Limiter, RateLimiter, Reservation, State
 from mistral_ratelimit.limiter.window import SLOTS_PER_WINDOW
 
@@ -437,7 +437,8 @@ def test_request_too_large_is_raised_at_once(sc: Scenario, over: float, unit: st
     assert err.unit == unit
     assert err.estimate == (tokens if unit == "tokens" else requests)
     assert err.estimate > err.limit_amount
-    assert f"{err.estimate:g}" in str(err) and f"{err.limit_amount:g}" in str(err)
+    assert format_amount(err.estimate) in str(err) and format_amount(err.limit_amount) in str(err)
+    assert "e+" not in str(err)
     assert run.limiter.stats().tokens_reserved == 0
 
 

@@ -287,12 +287,35 @@ def test_a_request_larger_than_the_budget_names_the_numbers() -> None:
     assert rec.requests == []  # refused before anything was sent
 
 
+def test_a_bad_per_request_option_reaches_the_sdk_caller_as_it_is() -> None:
+    # Options set on the SDK's requests (here by an httpx request hook, as a user might)
+    # are checked by the transport; the SDK's after_error hooks hand the ValueError on.
+    rec = Recorder()
+
+    def options(request: Any) -> None:
+        request.extensions["mistral_ratelimit"] = {"cost": -5}
+
+    async def aoptions(request: Any) -> None:
+        options(request)
+
+    with make_client(rec) as client:
+        client.http_client.event_hooks["request"].append(options)
+        client.async_http_client.event_hooks["request"].append(aoptions)
+        with pytest.raises(ValueError, match=r'\["cost"\] .* got int -5'):
+            client.beta.conversations.start(inputs="hi", model="m")
+        with pytest.raises(ValueError, match=r'\["cost"\] .* got int -5'):
+            asyncio.run(client.beta.conversations.start_async(inputs="hi", model="m"))
+        stats = client.stats()
+    assert rec.requests == []
+    assert (stats.requests_admitted, stats.tokens_reserved, stats.in_flight) == (0, 0, 0)
+
+
 def test_a_spent_monthly_budget_fails_fast() -> None:
     big = {**USAGE, "prompt_tokens": 2900, "total_tokens": 2905}
     rec = Recorder(lambda _req: http.Response(200, json={**conversation_response(), "usage": big}))
     with make_client(rec, tokens_per_month=3000, default_max_tokens=100) as client:
         client.beta.conversations.start(inputs="hi", model="m")  # settles to 2905 tokens
-        with pytest.raises(BudgetExhausted, match="3000"):
+        with pytest.raises(BudgetExhausted, match="3,000"):
             client.beta.conversations.start(inputs="hi", model="m")
     assert len(rec.requests) == 1
 

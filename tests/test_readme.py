@@ -38,7 +38,7 @@ PYTHON_BLOCK = re.compile(r"^```python\n", re.M)
 MISTRAL_HOSTS = ("api.mistral.ai", "api.eu.mistral.ai", "api.us.mistral.ai")
 #: What a snippet prints, all of it (a regular expression), where the README promises it.
 EXPECTED_OUTPUT = {
-    "errors": r"request needs 600\d\d tokens but the limit allows only 50000 tokens per 60 s.*",
+    "errors": r"request needs 60,0\d\d tokens but the limit allows only 50,000 tokens per 60 s.*",
     # The reply and its tokens; the streamed story on a line of its own; usage; stats.
     "facade": r"[^\n]+ \d+\n[^\n]+\nprompt_tokens=\d+ [^\n]+\nLimiterStats\(.+\)",
     "shared-limiter": r"3",
@@ -49,7 +49,7 @@ EXPECTED_OUTPUT = {
     "emulator-faults": r"\[429, 429, 200\] 0",
 }
 #: A comment in the snippet that quotes the start of what it prints (group 1).
-QUOTED_OUTPUT = {"errors": r"# (request needs \d+ tokens but .*?); \.\.\."}
+QUOTED_OUTPUT = {"errors": r"# (request needs [\d,]+ tokens but .*?); \.\.\."}
 #: (requests, seconds): at most that many arrivals at the server in any such window, from
 #: the snippet's limits (1.2 rps is one request per 0.83 s), less slack for arrival jitter.
 EXPECTED_RATE = {"shared-limiter": (1, 0.9), "facade": (1, 0.75)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -846,18 +847,90 @@ def test_absurd_usage_is_capped(rig: Rig) -> None:
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged < 1e8
 
 
-def test_skip_needs_a_real_true(rig: Rig) -> None:
+def test_skip_needs_a_real_bool(rig: Rig) -> None:
+    # A truthy string must never switch limiting off. It used to be read as False and the
+    # request limited; it now raises, as every bad option does (a bug in the caller's code
+    # that silently ignoring would hide), and nothing is reserved or sent.
     lib = rig.lib
     cfg = config()
     limiter = RateLimiter(cfg)
     script = Script(lib, ok_json(lib))
-    with rig.sync_client(script, limiter, cfg) as client:
+    with rig.sync_client(script, limiter, cfg) as client, pytest.raises(ValueError, match="skip"):
         client.post(
             "/v1/conversations",
             json=START_BODY,
             extensions={"mistral_ratelimit": {"skip": "false"}},
         )
-    assert limiter.stats().requests_admitted == 1
+    assert script.calls == []
+    assert limiter.stats() == RateLimiter(cfg).stats()
+
+
+BAD_OPTIONS: list[tuple[Any, str]] = [
+    ({"cost": -5}, r'\["cost"\] must be a finite number of tokens >= 0, got int -5'),
+    ({"cost": "abc"}, r"\[\"cost\"\] .* got str 'abc'"),
+    ({"cost": math.nan}, r'\["cost"\] .* got float nan'),
+    ({"cost": True}, r'\["cost"\] .* got bool True'),
+    ({"priority": "high"}, r"\[\"priority\"\] must be an integer, got str 'high'"),
+    ({"max_retries": -1}, r'\["max_retries"\] must be an integer >= 0, got int -1'),
+    ({"max_retries": "3"}, r"\[\"max_retries\"\] .* got str '3'"),
+    ({"skip": 0}, r'\["skip"\] must be True or False, got int 0'),
+    ({"costs": 5}, r"unknown option\(s\) 'costs'; known: skip, cost, max_retries, priority"),
+    ("cost=5", r"must be a dict of options, got str 'cost=5'"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS, ids=repr)
+def test_a_bad_option_raises_before_anything_is_reserved_or_sent(
+    rig: Rig, options: Any, message: str
+) -> None:
+    lib = rig.lib
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+    untouched = RateLimiter(cfg).stats()
+    with rig.sync_client(script, limiter, cfg) as client:
+        with pytest.raises(ValueError, match=message) as info:
+            client.post(
+                "/v1/conversations", json=START_BODY, extensions={"mistral_ratelimit": options}
+            )
+        assert "France" not in str(info.value)  # never the body
+        assert limiter.stats() == untouched
+        # The client is not left broken: the next request goes as usual.
+        assert client.post("/v1/conversations", json=START_BODY).status_code == 200
+    assert len(script.calls) == 1
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS[:3], ids=repr)
+def test_a_bad_option_raises_from_the_async_transport(rig: Rig, options: Any, message: str) -> None:
+    lib = rig.lib
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    script = Script(lib, ok_json(lib))
+
+    async def main() -> None:
+        async with rig.async_client(script, limiter, cfg) as client:
+            with pytest.raises(ValueError, match=message):
+                await client.post(
+                    "/v1/conversations", json=START_BODY, extensions={"mistral_ratelimit": options}
+                )
+
+    anyio.run(main)
+    assert script.calls == []
+    assert limiter.stats() == RateLimiter(cfg).stats()
+
+
+def test_options_left_out_or_none_are_the_defaults() -> None:
+    from mistral_ratelimit.lifecycle import DEFAULT_OPTIONS, RequestOptions
+
+    assert RequestOptions.from_extensions(None) is DEFAULT_OPTIONS
+    assert RequestOptions.from_extensions({"timeout": {}}) is DEFAULT_OPTIONS
+    assert RequestOptions.from_extensions({"mistral_ratelimit": None}) is DEFAULT_OPTIONS
+    none = {"skip": None, "cost": None, "max_retries": None, "priority": None}
+    assert RequestOptions.from_extensions({"mistral_ratelimit": none}) == DEFAULT_OPTIONS
+    fine = {"skip": False, "cost": 5.5, "max_retries": 0, "priority": -2}
+    assert RequestOptions.from_extensions({"mistral_ratelimit": fine}) == RequestOptions(
+        skip=False, cost=6, max_retries=0, priority=-2
+    )
 
 
 def test_transports_on_one_limiter_share_what_they_learnt(rig: Rig) -> None:

@@ -6,6 +6,8 @@ Every number is validated at construction; a bad one raises ``ValueError`` namin
 
 from __future__ import annotations
 
+import difflib
+import logging
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -18,6 +20,26 @@ _FALSE = ("0", "false", "no", "off")
 #: Fields that may be switched off with ``none``/``off`` in the environment.
 _NULLABLE = ("requests_per_second", "tokens_per_minute", "tokens_per_month", "max_concurrency")
 _UNITS = ("requests", "tokens")
+_PREFIX = "MISTRAL_RATELIMIT_"
+_FLOATS = (
+    "requests_per_second",
+    "tokens_per_minute",
+    "tokens_per_month",
+    "base_delay",
+    "max_delay",
+    "timeout",
+    "window_margin",
+    "capacity_backoff_factor",
+)
+_INTS = ("max_retries", "max_concurrency", "default_max_tokens", "unknown_history_tokens")
+#: Every ``MISTRAL_RATELIMIT_*`` variable ``from_env`` reads.
+ENV_VARS = tuple(
+    _PREFIX + name.upper() for name in (*_FLOATS, *_INTS, "retry_server_errors", "limits")
+)
+#: Variables of the package's other parts (``mistral-ratelimit-emulator``), not the config.
+_OTHER_PREFIXES = (_PREFIX + "EMULATOR_",)
+
+log = logging.getLogger("mistral_ratelimit")
 
 SECONDS_PER_MONTH = 30 * 86_400.0
 
@@ -205,31 +227,24 @@ class RatelimitConfig:
         Keyword overrides win over the environment.
         """
         env = os.environ if environ is None else environ
+        _warn_unknown(env)
         kwargs: dict[str, Any] = {}
-        floats = (
-            "requests_per_second",
-            "tokens_per_minute",
-            "tokens_per_month",
-            "base_delay",
-            "max_delay",
-            "timeout",
-            "window_margin",
-            "capacity_backoff_factor",
-        )
-        ints = ("max_retries", "max_concurrency", "default_max_tokens", "unknown_history_tokens")
-        for name in (*floats, *ints):
-            raw = env.get(f"MISTRAL_RATELIMIT_{name.upper()}")
+        # A field given as a keyword is not read at all: a bad variable it replaces is moot.
+        for name in (*_FLOATS, *_INTS):
+            if name in overrides:
+                continue
+            var = _PREFIX + name.upper()
+            raw = env.get(var)
             if raw is None or raw.strip() == "":
                 continue
             if raw.strip().lower() in ("none", "off"):
                 if name not in _NULLABLE:
-                    raise ValueError(f"MISTRAL_RATELIMIT_{name.upper()} cannot be {raw.strip()!r}")
+                    raise ValueError(f"{var} cannot be {raw.strip()!r}")
                 kwargs[name] = None
                 continue
-            var = f"MISTRAL_RATELIMIT_{name.upper()}"
-            kwargs[name] = _env_integer(var, raw) if name in ints else _env_number(var, raw)
-        raw_retry = env.get("MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS")
-        if raw_retry:
+            kwargs[name] = _env_integer(var, raw) if name in _INTS else _env_number(var, raw)
+        raw_retry = env.get(_PREFIX + "RETRY_SERVER_ERRORS")
+        if raw_retry and "retry_server_errors" not in overrides:
             flag = raw_retry.strip().lower()
             if flag not in _TRUE + _FALSE:
                 raise ValueError(
@@ -237,11 +252,11 @@ class RatelimitConfig:
                     f"got {raw_retry!r}"
                 )
             kwargs["retry_server_errors"] = flag in _TRUE
-        raw_limits = env.get("MISTRAL_RATELIMIT_LIMITS")
-        if raw_limits:
+        raw_limits = env.get(_PREFIX + "LIMITS")
+        if raw_limits and "limits" not in overrides:
             kwargs["limits"] = tuple(Limit.parse(p) for p in raw_limits.split(",") if p.strip())
         key = env.get("MISTRAL_API_KEY")
-        if not _blank(key):
+        if not _blank(key) and "api_key" not in overrides:
             kwargs["api_key"] = key
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -252,6 +267,28 @@ class RatelimitConfig:
         if config is None:
             return cls.from_env(**dict(fields_)) if fields_ else cls.from_env()
         return replace(config, **dict(fields_)) if fields_ else config
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    """One warning naming every ``MISTRAL_RATELIMIT_*`` variable nothing reads (a typo
+    would otherwise leave a limit at its default unnoticed), with the closest known name.
+    Never the values: a misplaced one may be a secret."""
+    unknown = sorted(
+        var
+        for var in env
+        if var.upper().startswith(_PREFIX)
+        and var not in ENV_VARS  # read as spelt: a lower-case name is not read either
+        and not var.upper().startswith(_OTHER_PREFIXES)
+    )
+    if not unknown:
+        return
+    names = []
+    for var in unknown:
+        # Compared without the shared prefix, which would make every name look close.
+        suffix = var.upper()[len(_PREFIX) :]
+        close = difflib.get_close_matches(suffix, [v[len(_PREFIX) :] for v in ENV_VARS], n=1)
+        names.append(f"{var} (did you mean {_PREFIX}{close[0]}?)" if close else var)
+    log.warning("ignoring unknown environment variable(s): %s", ", ".join(names))
 
 
 def pacing_limit(rate_per_second: float) -> Limit:

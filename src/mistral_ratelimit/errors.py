@@ -5,6 +5,21 @@ Messages name numbers and fields, never the API key.
 
 from __future__ import annotations
 
+import math
+
+
+def format_amount(value: float) -> str:
+    """A count as people write it, never in e-notation: ``4,800,010``, ``1,000,000,000``;
+    a fractional amount (a requests-per-second pace, a fractional cost) keeps up to three
+    decimals: ``12,345.5``, ``0.833``."""
+    if not math.isfinite(value):
+        return str(value)
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    if abs(value) < 1:
+        return f"{value:.3g}"
+    return f"{value:,.3f}".rstrip("0").rstrip(".")
+
 
 class RatelimitError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -19,8 +34,9 @@ class RequestTooLarge(RatelimitError, ValueError):
         self.per_seconds = per_seconds
         self.unit = unit
         super().__init__(
-            f"request needs {estimate:g} {unit} but the limit allows only "
-            f"{limit_amount:g} {unit} per {per_seconds:g} s; it can never be sent "
+            f"request needs {format_amount(estimate)} {unit} but the limit allows only "
+            f"{format_amount(limit_amount)} {unit} per {format_amount(per_seconds)} s; "
+            "it can never be sent "
             "(lower max_tokens or split the input)"
         )
 

@@ -13,7 +13,9 @@ real usage (``BodyObserver.finish``), or settled to zero tokens (an error respon
 from __future__ import annotations
 
 import logging
+import math
 import random
+import reprlib
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, replace
@@ -34,7 +36,7 @@ from .accounting.tokenizer import is_loaded as tokenizer_loaded
 from .accounting.types import ErrorClass, Estimate, Usage
 from .accounting.usage import StreamSniffer, parse_json_response
 from .config import RatelimitConfig
-from .errors import BudgetExhausted
+from .errors import BudgetExhausted, format_amount
 from .limiter.base import Limiter, Reservation
 
 log = logging.getLogger("mistral_ratelimit")
@@ -122,20 +124,70 @@ class RequestOptions:
 
     @classmethod
     def from_extensions(cls, extensions: Mapping[str, Any] | None) -> RequestOptions:
-        raw = (extensions or {}).get(EXTENSION_KEY)
-        if not isinstance(raw, Mapping):
+        """The options of one request; ``ValueError`` for a bad one, before anything is
+        reserved or sent. A bad option is a bug in the caller's code, which silently
+        ignoring it (a ``cost`` of ``"abc"`` estimated instead) would hide."""
+        raw = extensions.get(EXTENSION_KEY) if extensions else None
+        if raw is None:  # the common case: one lookup, the shared default
             return DEFAULT_OPTIONS
+        return cls._parse(raw)
+
+    @classmethod
+    def _parse(cls, raw: object) -> RequestOptions:
+        if not isinstance(raw, Mapping):
+            raise ValueError(
+                f'extensions["{EXTENSION_KEY}"] must be a dict of options, got {_shown(raw)}'
+            )
+        unknown = [key for key in raw if key not in _OPTION_NAMES]
+        if unknown:
+            raise ValueError(
+                f'extensions["{EXTENSION_KEY}"]: unknown option(s) '
+                f"{', '.join(reprlib.repr(k) for k in unknown)}; "
+                f"known: {', '.join(_OPTION_NAMES)}"
+            )
+        # None is an option left out.
+        skip = raw.get("skip")
+        if skip is not None and not isinstance(skip, bool):
+            raise _bad_option("skip", "True or False", skip)
         cost = raw.get("cost")
+        if cost is not None:
+            if (
+                isinstance(cost, bool)
+                or not isinstance(cost, (int, float))
+                or not math.isfinite(cost)
+                or cost < 0
+            ):
+                raise _bad_option("cost", "a finite number of tokens >= 0", cost)
+            cost = math.ceil(cost)  # a fraction of a token is reserved whole
         retries = raw.get("max_retries")
-        priority = raw.get("priority", 0)
+        if retries is not None and (
+            isinstance(retries, bool) or not isinstance(retries, int) or retries < 0
+        ):
+            raise _bad_option("max_retries", "an integer >= 0", retries)
+        priority = raw.get("priority")
+        if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+            raise _bad_option("priority", "an integer", priority)
         return cls(
-            skip=raw.get("skip") is True,
-            cost=int(cost) if isinstance(cost, (int, float)) and 0 <= cost < 1e12 else None,
-            max_retries=retries if isinstance(retries, int) and retries >= 0 else None,
-            priority=priority
-            if isinstance(priority, int) and not isinstance(priority, bool)
-            else 0,
+            skip=bool(skip),
+            cost=cost,
+            max_retries=retries,
+            priority=0 if priority is None else priority,
         )
+
+
+_OPTION_NAMES = ("skip", "cost", "max_retries", "priority")
+
+
+def _shown(value: object) -> str:
+    """A value's type and a short repr, for an error message (options are the caller's
+    numbers and flags; never a body or a header)."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _bad_option(name: str, expected: str, value: object) -> ValueError:
+    return ValueError(
+        f'extensions["{EXTENSION_KEY}"]["{name}"] must be {expected}, got {_shown(value)}'
+    )
 
 
 DEFAULT_OPTIONS = RequestOptions()
@@ -319,9 +371,9 @@ class Lifecycle:
                 yield Close(response)
                 what = (
                     "a limit of 0"
-                    if view.zero_limit
-                    else f"{month_left:g} tokens left this month, and this request may need "
-                    f"{est.total}"
+                    if view.zero_limit or month_left is None
+                    else f"{format_amount(month_left)} tokens left this month, and this "
+                    f"request may need {format_amount(est.total)}"
                 )
                 raise BudgetExhausted(f"{status} from the server with {what}; not retrying")
             wait = retry_after_seconds(headers)

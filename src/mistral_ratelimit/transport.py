@@ -109,7 +109,9 @@ class _SendTimer:
         self.request.extensions["trace"] = trace
 
 
-def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
+def _view(
+    request: Any, body: bytes | None, replayable: bool, options: RequestOptions
+) -> RequestView:
     # Only Accept tells the estimator anything (a stream); copying every header would cost
     # more than estimating the body.
     accept = request.headers.get("accept")
@@ -119,7 +121,7 @@ def _view(request: Any, body: bytes | None, replayable: bool) -> RequestView:
         headers={} if accept is None else {"accept": accept},
         body=body,
         replayable=replayable,
-        options=RequestOptions.from_extensions(request.extensions),
+        options=options,
     )
 
 
@@ -170,6 +172,8 @@ class _Core:
 
 class SyncTransportCore(_Core):
     def handle_request(self, request: Any) -> Any:
+        # First: a bad option raises before the body is read or anything is reserved.
+        options = RequestOptions.from_extensions(request.extensions)
         try:
             body, replayable = request.content, True
         except Exception as exc:
@@ -180,7 +184,7 @@ class SyncTransportCore(_Core):
                 request.read()  # a streamed JSON body is buffered once, so a retry can resend it
                 body, replayable = request.content, True
         outcome = drive_sync(
-            self.lifecycle.run(_view(request, body, replayable)),
+            self.lifecycle.run(_view(request, body, replayable, options)),
             self.limiter,
             lambda effect: self._send(request, effect),
             read_prefix,
@@ -208,6 +212,8 @@ class SyncTransportCore(_Core):
 
 class AsyncTransportCore(_Core):
     async def handle_async_request(self, request: Any) -> Any:
+        # First: a bad option raises before the body is read or anything is reserved.
+        options = RequestOptions.from_extensions(request.extensions)
         try:
             body, replayable = request.content, True
         except Exception as exc:
@@ -218,7 +224,7 @@ class AsyncTransportCore(_Core):
                 await request.aread()
                 body, replayable = request.content, True
         outcome = await drive_async(
-            self.lifecycle.run(_view(request, body, replayable)),
+            self.lifecycle.run(_view(request, body, replayable, options)),
             self.limiter,
             lambda effect: self._asend(request, effect),
             aread_prefix,

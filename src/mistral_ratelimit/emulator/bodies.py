@@ -35,7 +35,8 @@ Detail = dict[str, Any]
 @dataclass(frozen=True)
 class Expect:
     """What a field must hold: one of ``types`` (``None`` always allowed), optionally one
-    of ``choices``, and for objects and lists what their fields and items must hold."""
+    of ``choices`` or a number at least ``ge``, and for objects and lists what their
+    fields and items must hold."""
 
     types: tuple[type, ...]
     msg: str
@@ -43,10 +44,14 @@ class Expect:
     choices: tuple[str, ...] = ()
     fields: Mapping[str, Expect] = field(default_factory=dict)
     items: Expect | None = None
+    ge: int | None = None
 
 
 STRING = Expect((str,), "Input should be a valid string", "string_type")
 INTEGER = Expect((int,), "Input should be a valid integer", "int_type")
+#: ``max_tokens``: the API answers 422 for a negative one (pydantic's ``ge=0``), and for
+#: a float, even ``1e30`` or ``3.0``, or a bool, as for any integer field here.
+COUNT = Expect(INTEGER.types, INTEGER.msg, INTEGER.type_, ge=0)
 NUMBER = Expect((int, float), "Input should be a valid number", "float_type")
 BOOLEAN = Expect((bool,), "Input should be a valid boolean", "bool_type")
 OBJECT = Expect((dict,), "Input should be a valid dictionary", "dict_type")
@@ -63,7 +68,7 @@ COMPLETION_ARGS = Expect(
     OBJECT.msg,
     OBJECT.type_,
     fields={
-        "max_tokens": INTEGER,
+        "max_tokens": COUNT,
         "random_seed": INTEGER,
         "temperature": NUMBER,
         "top_p": NUMBER,
@@ -181,6 +186,16 @@ def _check(
     )
     if wrong_type or (expect.choices and value not in expect.choices):
         out.append({"type": expect.type_, "loc": loc, "msg": expect.msg, "input": value})
+    elif expect.ge is not None and value < expect.ge:
+        out.append(
+            {
+                "type": "greater_than_equal",
+                "loc": loc,
+                "msg": f"Input should be greater than or equal to {expect.ge}",
+                "input": value,
+                "ctx": {"ge": expect.ge},
+            }
+        )
     elif isinstance(value, dict):
         for name, inner in expect.fields.items():
             _check(value.get(name), inner, [*loc, name], out)

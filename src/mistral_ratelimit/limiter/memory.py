@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..config import Limit, RatelimitConfig, one_per_window
-from ..errors import BudgetExhausted, RequestTooLarge
+from ..errors import BudgetExhausted, RequestTooLarge, format_amount
 from .base import Counters, LimiterStats, ObservedLimit, Reservation, State, learnt_limits
 from .window import WindowState
 
@@ -147,7 +147,8 @@ class RateLimiter(SyncBackedAsyncMixin):
 
     def __repr__(self) -> str:
         inner = ", ".join(
-            f"{w.limit.amount:g} {w.limit.unit}/{w.limit.per_seconds:g}s" for w in self._windows
+            f"{format_amount(w.limit.amount)} {w.limit.unit}/{format_amount(w.limit.per_seconds)}s"
+            for w in self._windows
         )
         return f"RateLimiter({inner}, max_concurrency={self._max_inflight})"
 
@@ -181,8 +182,9 @@ class RateLimiter(SyncBackedAsyncMixin):
             and at - now > LONG_WAIT_SECONDS
         ):
             raise BudgetExhausted(
-                f"the {binding.limit.amount:g} {binding.limit.unit} per "
-                f"{binding.limit.per_seconds:g} s budget is spent; it frees up in {at - now:.0f} s"
+                f"the {format_amount(binding.limit.amount)} {binding.limit.unit} per "
+                f"{format_amount(binding.limit.per_seconds)} s budget is spent; "
+                f"it frees up in {at - now:,.0f} s"
             )
         res.slots = {w.ident: w.add(at, self._cost(w, res)) for w in self._windows}
         res.at = res.due_at = at

@@ -35,7 +35,7 @@ import redis
 import redis.exceptions
 
 from ..config import Limit, RatelimitConfig, one_per_window
-from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge
+from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge, format_amount
 from ..limiter.base import (
     Counters,
     LimiterStats,
@@ -344,7 +344,10 @@ class RedisRateLimiter:
         return self._lease
 
     def __repr__(self) -> str:
-        inner = ", ".join(f"{lim.amount:g} {lim.unit}/{lim.per_seconds:g}s" for lim in self._limits)
+        inner = ", ".join(
+            f"{format_amount(lim.amount)} {lim.unit}/{format_amount(lim.per_seconds)}s"
+            for lim in self._limits
+        )
         return (
             f"RedisRateLimiter({inner}, key={self.namespace!r}, "
             f"max_concurrency={self._max_inflight}, on_backend_error={self._mode!r})"
@@ -651,8 +654,9 @@ class RedisRateLimiter:
             spec = b.specs[int(float(reply[5])) - 1]
             unit = "tokens" if spec.tokens else "requests"
             raise BudgetExhausted(
-                f"the {spec.amount:g} {unit} per {spec.per_seconds:g} s budget is spent; "
-                f"it frees up in {at - now:.0f} s"
+                f"the {format_amount(spec.amount)} {unit} per "
+                f"{format_amount(spec.per_seconds)} s budget is spent; "
+                f"it frees up in {at - now:,.0f} s"
             )
         with self._lock:
             if status == "queued":
