@@ -931,6 +931,10 @@ def test_options_left_out_or_none_are_the_defaults() -> None:
     assert RequestOptions.from_extensions({"mistral_ratelimit": fine}) == RequestOptions(
         skip=False, cost=6, max_retries=0, priority=-2
     )
+    # What the transport records on a response, handed back on a request (a transport that
+    # shares one extensions dict between the two), is not an unknown option.
+    record = {"attempts": 2, "waited": 0.5}
+    assert RequestOptions.from_extensions({"mistral_ratelimit": record}) == DEFAULT_OPTIONS
 
 
 def test_transports_on_one_limiter_share_what_they_learnt(rig: Rig) -> None:

@@ -138,7 +138,7 @@ class RequestOptions:
             raise ValueError(
                 f'extensions["{EXTENSION_KEY}"] must be a dict of options, got {_shown(raw)}'
             )
-        unknown = [key for key in raw if key not in _OPTION_NAMES]
+        unknown = [key for key in raw if key not in _OPTION_NAMES and key not in _RECORD_NAMES]
         if unknown:
             raise ValueError(
                 f'extensions["{EXTENSION_KEY}"]: unknown option(s) '
@@ -176,6 +176,10 @@ class RequestOptions:
 
 
 _OPTION_NAMES = ("skip", "cost", "max_retries", "priority")
+#: What ``record_attempts`` writes under the same key of a response's extensions: a
+#: transport that hands a request's extensions dict on to its response must not make the
+#: next attempt of that request fail.
+_RECORD_NAMES = ("attempts", "waited")
 
 
 def _shown(value: object) -> str:
