@@ -25,7 +25,7 @@ import redis
 
 from mistral_ratelimit import MistralRatelimitClient, RatelimitConfig
 from mistral_ratelimit.accounting.tokenizer import tokenizer_info
-from mistral_ratelimit.emulator import Emulator
+from mistral_ratelimit.emulator import Emulator, Fault
 from mistral_ratelimit.limiter import LimiterStats
 from mistral_ratelimit.redis import RedisRateLimiter
 from mistral_ratelimit.redis.scripts import Keys
@@ -220,6 +220,48 @@ def test_a_request_that_left_late_is_anchored_for_every_worker(
     other.cancel(res)
     limiter.close()
     other.close()
+
+
+class LateAsyncSend:
+    """The async twin of :class:`LateSend`; its request is cancelled before any reply."""
+
+    def __init__(self, delay: float) -> None:
+        self.inner = http.AsyncHTTPTransport()
+        self.delay = delay
+
+    async def handle_async_request(self, request: Any) -> Any:
+        await asyncio.sleep(self.delay)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def test_an_async_request_that_left_late_is_anchored_even_if_cancelled(
+    server: RedisServer, emu: Emulator
+) -> None:
+    """Counted from when it left as soon as its body is written: the reply it never got
+    (cancelled in the meantime) is not needed for that."""
+    key = fresh_key()
+    limiter = redis_limiter(server, key, requests_per_second=1 / 3.0, tokens_per_minute=10**6)
+    emu.inject(Fault("slow_first_byte", delay=2.0))  # the reply is slow to come
+    body = {"inputs": "late", "model": MODEL, "completion_args": {"max_tokens": 8}}
+
+    async def main() -> None:
+        transport = LINE.transport_module.AsyncRateLimitTransport(
+            LateAsyncSend(0.5), limiter=limiter
+        )
+        async with http.AsyncClient(transport=transport, base_url=emu.url) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.post("/v1/conversations", json=body), 0.9)
+
+    asyncio.run(main())
+    stats_key = Keys.for_namespace("mrl", key).stats
+    r = redis.Redis.from_url(server.url)
+    assert float(r.hget(stats_key, "anchored") or 0) == 1
+    r.close()
+    assert limiter.stats().in_flight == 0
+    limiter.close()
 
 
 # -- two processes, one key ---------------------------------------------------------------------
