@@ -378,14 +378,21 @@ class RedisRateLimiter:
         if self._mode == "local":
             self._go_down(exc)
             return None
-        if self._backend_timeout is not None and time.monotonic() - since > self._backend_timeout:
-            raise self._unavailable(exc) from exc
+        left = math.inf
+        if self._backend_timeout is not None:
+            left = since + self._backend_timeout - time.monotonic()
+            if left <= 0:
+                raise self._unavailable(exc) from exc
         if attempt == 0:
             log.warning(
                 "Redis backend unreachable (%s); holding requests until it is back",
                 type(exc).__name__,
             )
-        return min(2.0, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+        backoff = min(2.0, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+        # Never past the deadline: the last try is at it, so the caller hears at about
+        # backend_timeout (plus that try), not up to a whole back-off later. Never 0 either:
+        # from delay(), 0 would mean "go".
+        return max(0.001, min(left, backoff))
 
     def _go_down(self, exc: BaseException) -> None:
         with self._lock:
