@@ -68,6 +68,14 @@ LEASE_FLOOR_SECONDS = 2.0
 LEASE_CEILING_SECONDS = 30.0
 #: Longest sleep of a caller far back in the concurrency queue (see _queued_wait).
 QUEUE_POLL_MAX = 2.0
+#: A cancel Redis did not answer is kept this long, to be sent again once it answers (see
+#: ``_after``): well within the 120 s for which a script remembers that it ran for a member
+#: (common.lua's DONE_TTL), so a cancel whose first attempt did run is never applied twice.
+LATER_SECONDS = 60.0
+#: At most this many of them (the oldest go first); their leases and windows still lapse.
+LATER_MAX = 10_000
+#: While some are kept, the heartbeat tries at least this often.
+LATER_POLL = 1.0
 #: Redis errors that mean "not reachable now" rather than "a bug in a script".
 _TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "TRYAGAIN", "BUSY")
 
@@ -311,6 +319,11 @@ class RedisRateLimiter:
         self._heartbeat: threading.Thread | None = None
         #: (reservation, tokens) handed over by finalizers: see ``settle_later``.
         self._orphans: collections.deque[tuple[Reservation, float]] = collections.deque()
+        #: (when, step): cancels Redis did not answer, for the heartbeat (see ``_after``).
+        self._later: collections.deque[tuple[float, _Eval | _Command]] = collections.deque(
+            maxlen=LATER_MAX
+        )
+        self._sending = threading.Lock()  # one thread sends them at a time
         self._closed = threading.Event()
 
     def _set_specs(self) -> None:
@@ -381,14 +394,21 @@ class RedisRateLimiter:
         if self._mode == "local":
             self._go_down(exc)
             return None
-        if self._backend_timeout is not None and time.monotonic() - since > self._backend_timeout:
-            raise self._unavailable(exc) from exc
+        left = math.inf
+        if self._backend_timeout is not None:
+            left = since + self._backend_timeout - time.monotonic()
+            if left <= 0:
+                raise self._unavailable(exc) from exc
         if attempt == 0:
             log.warning(
                 "Redis backend unreachable (%s); holding requests until it is back",
                 type(exc).__name__,
             )
-        return min(2.0, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+        backoff = min(2.0, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0)
+        # Never past the deadline: the last try is at it, so the caller hears at about
+        # backend_timeout (plus that try), not up to a whole back-off later. Never 0 either:
+        # from delay(), 0 would mean "go".
+        return max(0.001, min(left, backoff))
 
     def _go_down(self, exc: BaseException) -> None:
         with self._lock:
@@ -541,11 +561,21 @@ class RedisRateLimiter:
             return await client.zrem(step.key, step.arg)
         return await client.hget(step.key, step.arg)
 
-    def _after(self, step: _Eval | _Command) -> _Op[Any]:
+    def _after(self, step: _Eval | _Command, *, later: bool = False) -> _Op[Any]:
         """Bookkeeping after the fact (cancel, settle, release, pause, adopt): retried for a
         short while, then logged and dropped. Never raises a backend error: these calls sit
-        in ``finally`` blocks, where raising would hide the real exception."""
+        in ``finally`` blocks, where raising would hide the real exception.
+
+        ``later`` (a cancel): tried once, and if Redis does not answer, kept for the
+        heartbeat to send once it does (``_send_later``) rather than retried here. A cancel
+        is how a caller gives up (its deadline passed, its task was cancelled, the backend
+        timed out): it must not hold that caller. Until it reaches Redis, what it gives back
+        stays charged, which only makes the budget more careful, and lapses anyway: a
+        waiting place or an in-flight slot with its lease (no longer renewed), a charge
+        with its window."""
         if self._mode == "local" and self._is_down():
+            if later:
+                self._keep_for_later(step)
             return None
         deadline = time.monotonic() + self._after_seconds
         attempt = 0
@@ -557,6 +587,14 @@ class RedisRateLimiter:
                     raise
                 if self._mode == "local":
                     self._go_down(exc)
+                if later:
+                    log.warning(
+                        "Redis backend unreachable (%s): %s kept, to be sent when it is back",
+                        type(exc).__name__,
+                        getattr(step, "script", "release"),
+                    )
+                    self._keep_for_later(step)
+                    return None
                 if self._mode != "wait" or time.monotonic() > deadline:
                     log.warning(
                         "Redis backend unreachable (%s): %s not recorded",
@@ -566,6 +604,58 @@ class RedisRateLimiter:
                     return None
                 yield _Sleep(min(0.5, 0.05 * 2.0 ** min(attempt, 8)) * random.uniform(0.5, 1.0))
                 attempt += 1
+
+    def _keep_for_later(self, step: _Eval | _Command) -> None:
+        self._later.append((time.monotonic(), step))  # atomic: no lock (see settle_later)
+        self._ensure_heartbeat()
+
+    @staticmethod
+    def _send_op(step: _Eval | _Command) -> _Op[Any]:
+        return (yield step)
+
+    def _send_later(self) -> None:
+        """Send what ``_after`` kept while Redis did not answer, oldest first (the heartbeat
+        does, so no caller waits on it). Stops at the first backend error: Redis is still
+        away, and the next beat tries again. A cancel runs at most once per member (see
+        cancel.lua), so one whose earlier attempt reached Redis after all changes nothing.
+        At most a sixth of a lease per beat, so that a long backlog never delays renewals
+        until leases lapse: the rest goes at the next beat, at most ``LATER_POLL`` later.
+        """
+        if not self._sending.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            self._send_kept()
+        finally:
+            self._sending.release()
+
+    def _send_kept(self) -> None:
+        stop_at = time.monotonic() + self._lease / 6
+        while self._later and time.monotonic() < stop_at:
+            # Taken off only once done with (only the sender takes any off; callers only
+            # append): while Redis is away, the kept ones stay in the deque throughout.
+            entry = self._later[0]
+            since, step = entry
+            if time.monotonic() - since > LATER_SECONDS:
+                log.warning(
+                    "Redis backend away for over %g s: a %s was dropped; what it held lapses "
+                    "with its lease or window",
+                    LATER_SECONDS,
+                    getattr(step, "script", "release"),
+                )
+            else:
+                try:
+                    self._run(self._send_op(step))
+                except Exception as exc:
+                    if _is_backend_error(exc):
+                        return
+                    log.warning("sending a kept %r failed", step, exc_info=True)
+                else:
+                    log.info(
+                        "Redis backend is back: a kept %s was recorded",
+                        getattr(step, "script", "release"),
+                    )
+            if self._later and self._later[0] is entry:  # else LATER_MAX pushed it out
+                self._later.popleft()
 
     # -- reserve ----------------------------------------------------------------------------
     def _reserve_args(self, res: Reservation, b: _Booking) -> tuple[str, ...]:
@@ -963,7 +1053,8 @@ class RedisRateLimiter:
                     "1" if held_ahead else "0",
                 ),
                 b.member,
-            )
+            ),
+            later=True,
         )
 
     def cancel(self, res: Reservation) -> None:
@@ -1349,13 +1440,18 @@ class RedisRateLimiter:
 
 def _heartbeat(ref: weakref.ref[RedisRateLimiter], closed: threading.Event, period: float) -> None:
     """Renew this process's in-flight leases until the limiter is closed or collected.
-    A process that dies stops renewing, so its slots come back within one lease."""
-    while not closed.wait(period):
+    A process that dies stops renewing, so its slots come back within one lease. Each beat
+    first sends the cancels Redis did not answer (at least every ``LATER_POLL`` while any
+    are kept)."""
+    wait = period
+    while not closed.wait(wait):
         limiter = ref()
         if limiter is None:
             return
+        limiter._send_later()  # cancels Redis did not answer: their places come back
         limiter._settle_orphans()  # before renewing: a dropped stream's lease must lapse
         limiter._renew_leases()
+        wait = min(period, LATER_POLL) if limiter._later else period
         del limiter
 
 
