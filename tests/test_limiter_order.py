@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from conftest import FakeClock, admitted_per_window
 from mistral_ratelimit import Limit, RatelimitConfig, RateLimiter
+from mistral_ratelimit.limiter import ObservedLimit
 
 
 class Clock:
@@ -98,3 +100,28 @@ def test_priority_goes_before_waiting_lower_priority_in_order() -> None:
     # A second urgent one queues behind the first, not in front of it.
     urgent2 = lim.reserve(0, priority=5)
     assert urgent.at <= urgent2.at <= low[0].at
+
+
+def test_waiting_bookings_follow_learnt_limits_both_ways() -> None:
+    """Discovery books the waiting requests again against the learnt windows: sooner when
+    they are looser than the assumed ones, later when tighter (the new window must hold
+    what is already booked), in order; and at most once a second, so limits that flap
+    between reports do not re-book every waiter on every response."""
+    clock = FakeClock()
+    limiter = RateLimiter(RatelimitConfig(api_key="k"), window_margin=0.0, clock=clock)
+    booked = [limiter.reserve(100_000) for _ in range(5)]  # 1 rps default: 0, 1, 2, 3, 4 s
+    assert [round(r.at - booked[0].at) for r in booked] == [0, 1, 2, 3, 4]
+    limiter.adopt([ObservedLimit("tokens", 60.0, 250_000, None)])  # tighter than 500k
+    assert [r.at for r in booked] == sorted(r.at for r in booked)
+    tokens = [(r.at, r.tokens) for r in booked]
+    assert admitted_per_window(tokens, 60.0) <= 250_000
+    assert booked[2].at - booked[0].at >= 60  # the third waits for the first to expire
+    # Looser again at once: not re-booked (within a second of the last re-booking)...
+    clock.advance(0.5)
+    before = [r.at for r in booked]
+    limiter.adopt([ObservedLimit("tokens", 60.0, 5_000_000, None)])
+    assert [r.at for r in booked] == before
+    # ...but at the next report a second later, they move back to the request pace.
+    clock.advance(0.6)
+    limiter.adopt([ObservedLimit("tokens", 60.0, 4_000_000, None)])
+    assert booked[4].at - clock() < 4

@@ -34,6 +34,10 @@ LONG_WAIT_SECONDS = 60.0
 ANCHOR_SLACK = 0.002
 #: How many bookings asked about long after their turn are remembered (see ``_late``).
 LATE_KEPT = 4096
+#: Seconds (on the limiter's clock) between two re-bookings of the waiting requests on
+#: discovery: learnt limits that flap between reports (per-model headers) must not re-book
+#: thousands of waiters on every response. Those not re-booked check themselves when due.
+DISCOVERY_REBOOK_INTERVAL = 1.0
 
 
 class SyncBackedAsyncMixin:
@@ -125,6 +129,7 @@ class RateLimiter(SyncBackedAsyncMixin):
         )
         # Windows replaced by discovery: old ident -> [(new window, old slot width)].
         self._successors: dict[int, list[tuple[WindowState, float]]] = {}
+        self._rebooked_at = -math.inf  # when discovery last re-booked the waiting requests
         self._horizon_for: list[WindowState] | None = None
         self._horizon = 0.0
         self._paused_until = -math.inf
@@ -637,10 +642,11 @@ class RateLimiter(SyncBackedAsyncMixin):
                         excess = w.available_at(now) - obs.remaining
                         if excess > 0:
                             w.add(now, excess)
-            if discovered:
+            if discovered and now - self._rebooked_at >= DISCOVERY_REBOOK_INTERVAL:
                 # Booked against the windows assumed until now (a 1 rps tier default), the
                 # waiting requests would keep that pace: the server's limits apply to them
                 # too, and a caller that may go sooner is woken.
+                self._rebooked_at = now
                 self._rebook_waiting(now, lambda at, _res: at > now, earlier=True)
         if self._woken:
             self._wake_promoted()
