@@ -241,6 +241,11 @@ def test_unknown_variables_are_named_in_one_warning(caplog: pytest.LogCaptureFix
     assert "MISTRAL_RATELIMIT_ZZZ" in message and "ZZZ (did you mean" not in message
     assert "EMULATOR" not in message and "MISTRAL_RATELIMIT_TIMEOUT," not in message
     assert "secret" not in message
+    # Every client built reads the environment: the same names are not warned about again.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mistral_ratelimit"):
+        RatelimitConfig.from_env(env)
+    assert not caplog.records
 
 
 def test_known_variables_only_warn_nothing(caplog: pytest.LogCaptureFixture) -> None:

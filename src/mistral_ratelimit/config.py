@@ -269,6 +269,9 @@ class RatelimitConfig:
         return replace(config, **dict(fields_)) if fields_ else config
 
 
+_warned: set[str] = set()
+
+
 def _warn_unknown(env: Mapping[str, str]) -> None:
     """One warning naming every ``MISTRAL_RATELIMIT_*`` variable nothing reads (a typo
     would otherwise leave a limit at its default unnoticed), with the closest known name.
@@ -279,9 +282,11 @@ def _warn_unknown(env: Mapping[str, str]) -> None:
         if var.upper().startswith(_PREFIX)
         and var not in ENV_VARS  # read as spelt: a lower-case name is not read either
         and not var.upper().startswith(_OTHER_PREFIXES)
+        and var not in _warned  # once per process: every client reads the environment
     )
     if not unknown:
         return
+    _warned.update(unknown)
     names = []
     for var in unknown:
         # Compared without the shared prefix, which would make every name look close.
