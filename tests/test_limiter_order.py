@@ -125,3 +125,26 @@ def test_waiting_bookings_follow_learnt_limits_both_ways() -> None:
     clock.advance(0.6)
     limiter.adopt([ObservedLimit("tokens", 60.0, 4_000_000, None)])
     assert booked[4].at - clock() < 4
+
+
+def test_discovery_carries_bookings_once_and_not_what_adopt_charged() -> None:
+    """One overstated header (6000 a minute, 5821 of them "used" to match its remaining)
+    followed by the real limit (180 a minute): the replacing windows hold the bookings,
+    each once, not the 5821 the old window charged to match the server's view, which held
+    every caller for a minute."""
+    clock = FakeClock()
+    limiter = RateLimiter(RatelimitConfig(api_key="k"), window_margin=0.0, clock=clock)
+    first = limiter.reserve(10)
+    assert limiter.delay(first) == 0.0
+    limiter.adopt([ObservedLimit("requests", 60.0, 6000, 179)])  # a wrong header
+    learnt = [lim for lim in limiter.limits if lim.unit == "requests"]
+    assert Limit(6000, 60.0, "requests") in learnt and Limit(100, 1.0, "requests") in learnt
+    clock.advance(0.5)
+    limiter.adopt([ObservedLimit("requests", 60.0, 180, 179)])  # the next, right one
+    assert Limit(3, 1.0, "requests") in limiter.limits
+    nxt = limiter.reserve(10)
+    assert limiter.delay(nxt) < 1.0  # at the 3-a-second pace, not a minute
+    # The first request counts once in the new per-second window (carried from one of
+    # the two windows it was booked in, not from both): a third fits beside it and `nxt`.
+    assert limiter.reserve(10).at < first.at + 1.0
+    assert limiter.reserve(10).at >= first.at + 1.0

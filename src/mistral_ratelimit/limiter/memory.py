@@ -84,6 +84,19 @@ def _cancelled(res: Reservation) -> bool:
     return res.state is State.CANCELLED
 
 
+def _carried_from(dropped: list[WindowState], per_seconds: float) -> WindowState | None:
+    """The replaced window whose bookings a new window of ``per_seconds`` starts with.
+
+    Every window of a unit holds the same bookings, so they come from one (from each, they
+    would count twice): the shortest that still remembers a whole new window, for its finer
+    slots (a booking is carried to its slot's end, late by up to a slot), else the longest.
+    """
+    covering = [w for w in dropped if w.limit.per_seconds >= per_seconds]
+    if covering:
+        return min(covering, key=lambda w: w.limit.per_seconds)
+    return max(dropped, key=lambda w: w.limit.per_seconds, default=None)
+
+
 class RateLimiter(SyncBackedAsyncMixin):
     """In-memory limiter enforcing every window of a :class:`RatelimitConfig` at once."""
 
@@ -641,7 +654,8 @@ class RateLimiter(SyncBackedAsyncMixin):
                         w.prune(now)
                         excess = w.available_at(now) - obs.remaining
                         if excess > 0:
-                            w.add(now, excess)
+                            key = w.add(now, excess)
+                            w.adopted[key] = w.adopted.get(key, 0.0) + excess
             if discovered and now - self._rebooked_at >= DISCOVERY_REBOOK_INTERVAL:
                 # Booked against the windows assumed until now (a 1 rps tier default), the
                 # waiting requests would keep that pace: the server's limits apply to them
@@ -672,14 +686,18 @@ class RateLimiter(SyncBackedAsyncMixin):
             self._explicit = [self._explicit[i] for i in keep]
             for lim in wanted:
                 w = WindowState(lim, self._margin)
-                # Requests already booked (some still waiting to go) count in the new
-                # window too, at their slot's end: later than they went, so for at least
-                # as long.
-                for old in dropped:
-                    for key, amount in old.slots.items():
-                        if amount > 0:
-                            w.add((key + 1) * old.width, amount)
-                    self._successors.setdefault(old.ident, []).append((w, old.width))
+                source = _carried_from(dropped, lim.per_seconds)
+                if source is not None:
+                    # Requests already booked (some still waiting to go) count in the new
+                    # window too, at their slot's end: later than they went, so for at
+                    # least as long. What ``adopt`` charged is the old window's view of
+                    # the server, not a booking: one wrong header would otherwise hold
+                    # the new windows for as long as the old one lasted.
+                    for key, amount in source.slots.items():
+                        booked = amount - source.adopted.get(key, 0.0)
+                        if booked > 0:
+                            w.add((key + 1) * source.width, booked)
+                    self._successors.setdefault(source.ident, []).append((w, source.width))
                 self._windows.append(w)
                 self._explicit.append(False)
             self._horizon_for = None

@@ -44,6 +44,10 @@ class WindowState:
     #: Stable identity: reservations name the windows they booked in by it, so a window
     #: replaced by discovery is never confused with the one that took its list position.
     ident: int = field(default_factory=lambda: next(_window_ids))
+    #: What ``adopt`` charged per slot to match the server's "remaining" (not bookings):
+    #: discovery carries only bookings into the windows that replace this one, whose own
+    #: remaining the same report sets.
+    adopted: dict[int, float] = field(default_factory=dict)
     #: Slot width, and how long a charge keeps counting after the end of its slot.
     #: Computed once: they sit on the hot path of every reservation.
     width: float = field(init=False)
@@ -62,7 +66,10 @@ class WindowState:
     def prune(self, now: float) -> None:
         """Forget slots that no longer count at ``now`` or later."""
         while self.keys and self.expiry(self.keys[0]) <= now:
-            self.total -= self.slots.pop(self.keys.pop(0))
+            key = self.keys.pop(0)
+            self.total -= self.slots.pop(key)
+            if self.adopted:
+                self.adopted.pop(key, None)
         if not self.keys:
             self.total = 0.0  # drop float drift once the ring is empty
 
