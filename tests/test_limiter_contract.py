@@ -557,6 +557,34 @@ def test_two_reports_on_one_window_learn_the_tighter(make_limiter: MakeLimiter) 
     ]
 
 
+def test_a_booking_counts_once_in_the_windows_that_replace_two(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """What was booked counts in every window that discovery brings: in a new 10 s window
+    learnt beside a minute that replaced the default's (on Redis it kept the minute's ring
+    and the new window started empty), and once, not once from each, in a window that
+    replaces two."""
+    cfg = RatelimitConfig(api_key="sk-x", requests_per_second=None)
+    limiter = make_limiter(cfg, clock=clock, window_margin=0.0)
+    first = limiter.reserve(100_000)
+    assert limiter.delay(first) == 0.0
+    limiter.adopt(
+        [
+            ObservedLimit("tokens", 60.0, 1_000_000, None),
+            ObservedLimit("tokens", 10.0, 400_000, None),
+        ]
+    )
+    over = limiter.reserve(350_000)  # with `first`, more than 400k in 10 s
+    assert limiter.delay(over) > 5
+    limiter.cancel(over)
+    clock.advance(0.5)
+    limiter.adopt([ObservedLimit("tokens", 30.0, 300_000, None)])
+    assert Limit(300_000, 30.0, "tokens") in limiter.stats().limits
+    beside = limiter.reserve(200_000)  # 100k + 200k: the whole new window, not 400k of it
+    assert limiter.delay(beside) == 0.0
+    assert limiter.delay(limiter.reserve(1)) > 25
+
+
 def test_learnt_limits_follow_the_server(make_limiter: MakeLimiter) -> None:
     """A tier upgrade, or a wrong header corrected by the next response, is learnt: limits
     taken from the server are never frozen, and a tiny wrong one refuses nothing."""

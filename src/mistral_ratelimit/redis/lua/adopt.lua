@@ -3,7 +3,7 @@
 load_state()
 local ws, margin = parse_windows(ARGV[1])
 local dropped = parse_windows(ARGV[2])
-if #dropped > 0 then
+if #dropped > 0 or ARGV[#ARGV] ~= '' then  -- windows replaced, or limits discovered
   local fresh = {}
   for i, w in ipairs(ws) do
     fresh[i] = redis.call('HEXISTS', KEYS[1], 'w:' .. w.id) == 0
@@ -11,13 +11,30 @@ if #dropped > 0 then
   for i, w in ipairs(ws) do
     if fresh[i] then
       -- Requests booked under a replaced tier default count in the new window too, at
-      -- their slot's end: later than they went, so for at least as long (as memory.py).
-      for _, old in ipairs(dropped) do
+      -- their slot's end: later than they went, so for at least as long. Every window of
+      -- a unit holds the same bookings, so they come from one (memory.py's _carried_from):
+      -- the shortest that covers the new window, else the longest.
+      -- A window kept under its id (a learnt limit of the same length as the one it
+      -- replaces) holds the same bookings: it is a source too.
+      local sources = {}
+      for _, old in ipairs(dropped) do sources[#sources + 1] = old end
+      for j, kept in ipairs(ws) do
+        if not fresh[j] then sources[#sources + 1] = kept end
+      end
+      local source = nil
+      for _, old in ipairs(sources) do
         if old.tokens == w.tokens then
-          local r = ring(old)
-          for j = 1, #r, 2 do
-            if r[j + 1] > 0 then add(w, math.floor((r[j] + 1) * old.d / w.d), r[j + 1]) end
+          local covers, best = old.per >= w.per, source and source.per >= w.per
+          if not source or (covers and (not best or old.per < source.per))
+              or (not covers and not best and old.per > source.per) then
+            source = old
           end
+        end
+      end
+      if source then
+        local r = ring(source)
+        for j = 1, #r, 2 do
+          if r[j + 1] > 0 then add(w, math.floor((r[j] + 1) * source.d / w.d), r[j + 1]) end
         end
       end
     end
