@@ -1018,3 +1018,22 @@ def test_each_asyncio_run_closes_its_connections(server: RedisServer) -> None:
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 2
     limiter.close()
     watcher.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("backend_timeout", float("nan")),  # waited forever
+        ("backend_timeout", "5"),  # failed only at the first request
+        ("backend_timeout", True),
+        ("backend_timeout", -1),
+        ("backend_timeout", 0),
+        ("queue_poll", float("inf")),
+        ("socket_timeout", False),
+    ],
+)
+def test_bad_numbers_are_refused_when_the_limiter_is_made(
+    server: RedisServer, name: str, value: object
+) -> None:
+    with pytest.raises(ValueError, match=f"{name} must be a number > 0"):
+        make(server, fresh_key(), [Limit(10, 1.0, "requests")], **{name: value})

@@ -255,8 +255,15 @@ class RedisRateLimiter:
         ]
         if lease_seconds is not None:  # None: derived from the limits (_default_lease)
             positive.append(("lease_seconds", lease_seconds))
+        if backend_timeout is not None:  # None: wait for Redis as long as it takes
+            positive.append(("backend_timeout", backend_timeout))
         for name, value in positive:
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            if not (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
         cfg = config if config is not None else RatelimitConfig.from_env()
         self._config = cfg
