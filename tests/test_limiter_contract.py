@@ -585,6 +585,23 @@ def test_a_booking_counts_once_in_the_windows_that_replace_two(
     assert limiter.delay(limiter.reserve(1)) > 25
 
 
+def test_a_request_larger_than_a_learnt_month_says_so(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Larger than the whole monthly budget the server reported, after a little of it was
+    used: it would wait a month for that budget to be empty, and fails fast saying why,
+    not that the budget is spent."""
+    cfg = RatelimitConfig(api_key="sk-x", requests_per_second=None)
+    limiter = make_limiter(cfg, clock=clock)
+    limiter.adopt([ObservedLimit("tokens", SECONDS_PER_MONTH, 1_000_000_000, None)])
+    assert limiter.delay(limiter.reserve(14)) == 0.0
+    with pytest.raises(BudgetExhausted) as info:
+        limiter.delay(limiter.reserve(2_000_000_000))
+    message = str(info.value)
+    assert "may need 2,000,000,000 tokens, more than the whole 1,000,000,000 tokens" in message
+    assert "is spent" not in message
+
+
 def test_learnt_limits_follow_the_server(make_limiter: MakeLimiter) -> None:
     """A tier upgrade, or a wrong header corrected by the next response, is learnt: limits
     taken from the server are never frozen, and a tiny wrong one refuses nothing."""

@@ -21,6 +21,19 @@ def format_amount(value: float) -> str:
     return f"{value:,.3f}".rstrip("0").rstrip(".")
 
 
+def spent_message(cost: float, amount: float, unit: str, per_seconds: float, wait: float) -> str:
+    """Why a request waiting on a long window fails fast (``BudgetExhausted``). A request
+    larger than a window the server reported waits for it to be empty (only a limit the
+    user set refuses it outright): that is said, rather than that the budget is spent."""
+    budget = f"{format_amount(amount)} {unit} per {format_amount(per_seconds)} s budget"
+    if cost > amount:
+        return (
+            f"this request may need {format_amount(cost)} {unit}, more than the whole "
+            f"{budget}; it would wait for that budget to be empty, in {wait:,.0f} s"
+        )
+    return f"the {budget} is spent; it frees up in {wait:,.0f} s"
+
+
 class RatelimitError(Exception):
     """Base class of every error this package raises on purpose."""
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..config import Limit, RatelimitConfig, one_per_window
-from ..errors import BudgetExhausted, RequestTooLarge, format_amount
+from ..errors import BudgetExhausted, RequestTooLarge, format_amount, spent_message
 from .base import Counters, LimiterStats, ObservedLimit, Reservation, State, learnt_limits
 from .window import WindowState
 
@@ -199,10 +199,10 @@ class RateLimiter(SyncBackedAsyncMixin):
             and binding.limit.per_seconds >= LONG_WINDOW_SECONDS
             and at - now > LONG_WAIT_SECONDS
         ):
+            lim = binding.limit
+            cost = res.tokens if lim.unit == "tokens" else res.requests
             raise BudgetExhausted(
-                f"the {format_amount(binding.limit.amount)} {binding.limit.unit} per "
-                f"{format_amount(binding.limit.per_seconds)} s budget is spent; "
-                f"it frees up in {at - now:,.0f} s"
+                spent_message(cost, lim.amount, lim.unit, lim.per_seconds, at - now)
             )
         res.slots = {w.ident: w.add(at, self._cost(w, res)) for w in self._windows}
         res.at = res.due_at = at

@@ -35,7 +35,13 @@ import redis
 import redis.exceptions
 
 from ..config import Limit, RatelimitConfig, one_per_window
-from ..errors import BackendUnavailable, BudgetExhausted, RequestTooLarge, format_amount
+from ..errors import (
+    BackendUnavailable,
+    BudgetExhausted,
+    RequestTooLarge,
+    format_amount,
+    spent_message,
+)
 from ..limiter.base import (
     Counters,
     LimiterStats,
@@ -750,10 +756,9 @@ class RedisRateLimiter:
                 raise BudgetExhausted("this reservation was cancelled; take a new one")
             spec = b.specs[int(float(reply[5])) - 1]
             unit = "tokens" if spec.tokens else "requests"
+            cost = res.tokens if spec.tokens else res.requests
             raise BudgetExhausted(
-                f"the {format_amount(spec.amount)} {unit} per "
-                f"{format_amount(spec.per_seconds)} s budget is spent; "
-                f"it frees up in {at - now:,.0f} s"
+                spent_message(cost, spec.amount, unit, spec.per_seconds, at - now)
             )
         with self._lock:
             if status == "queued":
