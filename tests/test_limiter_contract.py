@@ -585,6 +585,19 @@ def test_a_booking_counts_once_in_the_windows_that_replace_two(
     assert limiter.delay(limiter.reserve(1)) > 25
 
 
+def test_a_window_learnt_beside_the_users_counts_what_was_booked(
+    make_limiter: MakeLimiter, clock: FakeClock
+) -> None:
+    """Only windows the user set, then the server reports a month: the new window holds the
+    requests booked before it, as the user's windows do."""
+    cfg = RatelimitConfig(api_key="sk-x", requests_per_second=None, tokens_per_minute=1e6)
+    limiter = make_limiter(cfg, clock=clock)
+    assert limiter.delay(limiter.reserve(100_000)) == 0.0
+    limiter.adopt([ObservedLimit("tokens", SECONDS_PER_MONTH, 150_000, None)])
+    with pytest.raises(BudgetExhausted):  # 100k + 100k: over the month's 150k
+        limiter.delay(limiter.reserve(100_000))
+
+
 def test_a_request_larger_than_a_learnt_month_says_so(
     make_limiter: MakeLimiter, clock: FakeClock
 ) -> None:

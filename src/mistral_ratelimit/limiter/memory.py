@@ -84,17 +84,17 @@ def _cancelled(res: Reservation) -> bool:
     return res.state is State.CANCELLED
 
 
-def _carried_from(dropped: list[WindowState], per_seconds: float) -> WindowState | None:
-    """The replaced window whose bookings a new window of ``per_seconds`` starts with.
+def _carried_from(holding: list[WindowState], per_seconds: float) -> WindowState | None:
+    """The window whose bookings a new window of ``per_seconds`` starts with.
 
     Every window of a unit holds the same bookings, so they come from one (from each, they
     would count twice): the shortest that still remembers a whole new window, for its finer
     slots (a booking is carried to its slot's end, late by up to a slot), else the longest.
     """
-    covering = [w for w in dropped if w.limit.per_seconds >= per_seconds]
+    covering = [w for w in holding if w.limit.per_seconds >= per_seconds]
     if covering:
         return min(covering, key=lambda w: w.limit.per_seconds)
-    return max(dropped, key=lambda w: w.limit.per_seconds, default=None)
+    return max(holding, key=lambda w: w.limit.per_seconds, default=None)
 
 
 class RateLimiter(SyncBackedAsyncMixin):
@@ -681,12 +681,14 @@ class RateLimiter(SyncBackedAsyncMixin):
             dropped = [self._windows[i] for i in mine if not self._explicit[i]]
             if not wanted or {w.limit for w in dropped} == set(wanted):
                 continue
+            # Every window of the unit, kept or replaced, holds the bookings made so far.
+            holding = [self._windows[i] for i in mine]
             keep = [i for i in range(len(self._windows)) if self._windows[i] not in dropped]
             self._windows = [self._windows[i] for i in keep]
             self._explicit = [self._explicit[i] for i in keep]
             for lim in wanted:
                 w = WindowState(lim, self._margin)
-                source = _carried_from(dropped, lim.per_seconds)
+                source = _carried_from(holding, lim.per_seconds)
                 if source is not None:
                     # Requests already booked (some still waiting to go) count in the new
                     # window too, at their slot's end: later than they went, so for at

@@ -1248,6 +1248,7 @@ class RedisRateLimiter:
         with other workers."""
         dropped: list[WindowSpec] = []
         shared: list[list[Any]] = []
+        changed = False
         with self._lock:
             for unit in ("requests", "tokens"):
                 reported = [
@@ -1271,7 +1272,8 @@ class RedisRateLimiter:
                 for lim in wanted:
                     self._limits.append(lim)
                     self._explicit.append(False)
-            if dropped:
+                changed = True
+            if changed:  # windows added beside the user's replace none, and count too
                 self._set_specs()
                 self._fallback = None
             new_ids = {s.id for s in self._specs}
