@@ -806,25 +806,16 @@ def every_script_path(
 ) -> Iterator[str]:
     """Drives every script through its paths, yielding after each step."""
     cfg = RatelimitConfig(api_key="sk-t")  # tier defaults, so that adopt discovers limits
-    lim = RedisRateLimiter(
-        server.url,
-        config=cfg,
-        key=key,
-        on_backend_error="fail",
-        _clock=clock,
-        lease_seconds=1e9,
-        max_concurrency=2,
-        window_margin=0.025,
-    )
-    other = RedisRateLimiter(
-        server.url,
-        config=cfg,
-        key=key,
-        on_backend_error="fail",
-        _clock=clock,
-        lease_seconds=1e9,
-        window_margin=0.025,
-    )
+    common: dict[str, Any] = {
+        "config": cfg,
+        "key": key,
+        "on_backend_error": "fail",
+        "_clock": clock,
+        "lease_seconds": 1e9,
+        "window_margin": 0.025,
+    }
+    lim = RedisRateLimiter(server.url, max_concurrency=2, **common)
+    other = RedisRateLimiter(server.url, **common)
     # The auditor's path: a pause that is no 429, then a booking granted once it is due.
     lim.pause_for(0.3, rate_limited=False)
     first = lim.reserve(0)
