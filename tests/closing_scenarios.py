@@ -8,11 +8,11 @@ collects garbage, so a socket left open surfaces as "ResourceWarning: unclosed .
 from __future__ import annotations
 
 import asyncio
-import gc
 import sys
 import threading
 from collections.abc import Callable
 
+from garbage import collect_garbage
 from mistral_ratelimit import MistralRatelimitClient
 from mistral_ratelimit.emulator import Emulator
 from mistral_ratelimit.loop_local import LoopLocalAsyncTransport
@@ -119,7 +119,7 @@ SCENARIOS: dict[str, Callable[[Emulator], None]] = {
 def main(name: str) -> None:
     with Emulator(requests_per_second=100) as emu:
         SCENARIOS[name](emu)
-        gc.collect()  # every transport nothing refers to any more: unclosed ones warn here
+        collect_garbage()  # every transport nothing refers to any more: unclosed ones warn here
         print(f"requests {len(emu.log)}")
 
 

@@ -23,6 +23,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("starlette")
 import redis
 
+from garbage import collect_garbage
 from mistral_ratelimit import MistralRatelimitClient, RatelimitConfig
 from mistral_ratelimit.accounting.tokenizer import tokenizer_info
 from mistral_ratelimit.emulator import Emulator, Fault
@@ -377,8 +378,6 @@ def test_a_stream_dropped_unclosed_gives_its_slot_back_on_redis(
 ) -> None:
     """With a concurrency cap, an SDK event stream the caller drops without reading or
     closing it must not hold its slot: the heartbeat would renew its lease for ever."""
-    import gc
-
     config = RatelimitConfig(api_key="sk-test", max_concurrency=1, **OPEN)
     limiter = RedisRateLimiter(server.url, config=config, key=fresh_key())
     client = MistralRatelimitClient(config=config, limiter=limiter, server_url=emu.url)
@@ -389,7 +388,7 @@ def test_a_stream_dropped_unclosed_gives_its_slot_back_on_redis(
         # The loop still holds the response for a turn (a finished future's wake-up); after
         # it the stream is garbage in a reference cycle, finalized by the next collection.
         await asyncio.sleep(0)
-        gc.collect()
+        collect_garbage()
         reply = await asyncio.wait_for(
             client.beta.conversations.start_async(inputs="again", model=MODEL), 10
         )
@@ -399,7 +398,7 @@ def test_a_stream_dropped_unclosed_gives_its_slot_back_on_redis(
         if mode == "sync":
             events = client.beta.conversations.start_stream(inputs="hi", model=MODEL)
             del events
-            gc.collect()
+            collect_garbage()
             done: list[int] = []
             worker = threading.Thread(
                 target=lambda: done.append(

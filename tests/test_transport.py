@@ -21,6 +21,7 @@ import httpx
 import httpx2
 import pytest
 
+from garbage import collect_garbage
 from mistral_ratelimit import BudgetExhausted, Limit, RatelimitConfig, RateLimiter, RequestTooLarge
 from mistral_ratelimit import httpx as mr_httpx
 from mistral_ratelimit import httpx2 as mr_httpx2
@@ -1017,8 +1018,6 @@ def test_rate_limit_headers_of_successes_are_sampled(
 def test_a_stream_dropped_unclosed_gives_its_slot_back(rig: Rig, started: bool) -> None:
     """An SDK event stream the caller abandons (never read to the end, never closed) must
     not hold its in-flight slot for ever: with max_concurrency=1 the next call would hang."""
-    import gc
-
     lib = rig.lib
     cfg = config(max_concurrency=1)
     limiter = RateLimiter(cfg)
@@ -1038,7 +1037,7 @@ def test_a_stream_dropped_unclosed_gives_its_slot_back(rig: Rig, started: bool) 
             next(chunks)
             del chunks
         del response
-        gc.collect()
+        collect_garbage()
         assert limiter.stats().in_flight == 0
         done: list[int] = []
         worker = threading.Thread(
@@ -1056,8 +1055,6 @@ def test_a_stream_dropped_unclosed_gives_its_slot_back(rig: Rig, started: bool) 
 
 
 def test_an_async_stream_dropped_unclosed_gives_its_slot_back(rig: Rig) -> None:
-    import gc
-
     lib = rig.lib
     cfg = config(max_concurrency=1)
     limiter = RateLimiter(cfg)
@@ -1076,7 +1073,7 @@ def test_an_async_stream_dropped_unclosed_gives_its_slot_back(rig: Rig) -> None:
             )
             response = await client.send(request, stream=True)
             del response
-            gc.collect()
+            collect_garbage()
             with anyio.fail_after(10):
                 return (await client.post("/v1/conversations", json=START_BODY)).status_code
 

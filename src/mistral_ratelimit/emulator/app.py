@@ -2,8 +2,9 @@
 
 Order of work for every ``/v1`` request, chosen to match how a gateway meters traffic:
 
-1. arrival: ``time.monotonic()`` and ``time.time()`` are taken when the ASGI app is called
-   (the request line and headers are in), before the body is read;
+1. arrival: when the request reached the server's socket, by the kernel's account
+   (``arrival.py``), else when the ASGI app is called (the request line and headers are
+   in), before the body is read;
 2. bearer authentication (401 without charging anything);
 3. a zero limit refuses at once; then the request rungs (and the concurrency cap) admit or
    refuse it, at its arrival time;
@@ -39,6 +40,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
+from .arrival import Connections
 from .bodies import AGENT, APPEND, RESTART, START, Expect, body_errors, parse_json
 from .faults import Fault
 from .limits import Charge, LimitSet, Rung
@@ -178,6 +180,9 @@ class EmulatorApp:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self.state = EmulatorState(config)
+        #: Filled by the server's protocol (arrival.stamping_protocol); empty under any other
+        #: server, or when ``kernel_arrival`` is off, and then the app's clock stamps.
+        self.connections = Connections()
         self.router = Router(routes=self._routes())
 
     # the gate
@@ -188,7 +193,9 @@ class EmulatorApp:
             return
         if scope["type"] != "http":
             return
-        arrival, wall = time.monotonic(), time.time()
+        now, wall_now = time.monotonic(), time.time()
+        arrival = self.connections.arrival(scope.get("client"), now)
+        wall = wall_now - (now - arrival)
         method, path = scope["method"], scope["path"]
         if not path.startswith("/v1/"):
             await self.router(scope, receive, send)

@@ -1,10 +1,12 @@
 """The emulator in a process of its own, as a real server is.
 
-An in-process :class:`~mistral_ratelimit.emulator.Emulator` shares the GIL with the client
-under test: while the client's threads and event loop hold it, requests that already
-arrived wait to be stamped, so the server counts them later and closer together than they
-were sent, and refuses some that no real server would. A limit measured at the server must
-therefore be measured by a server in another process:
+An in-process :class:`~mistral_ratelimit.emulator.Emulator` shares the GIL and the CPU with
+the client under test. On Linux its limits count each request at the kernel's arrival time
+(``arrival.py``), which neither moves; elsewhere a request that arrived while the client
+held the GIL is stamped late, so the server counts requests later and closer together than
+they were sent and refuses some no real server would. Either way the server's own work
+slows the client down. A limit measured at the server is best measured by a server in
+another process:
 
 >>> with EmulatorProcess(requests_per_second=10) as emu:  # doctest: +SKIP
 ...     client = MistralRatelimitClient(server_url=emu.url, requests_per_second=10)

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from .app import EmulatorApp, quiet_abrupt_cuts
+from .arrival import stamping_protocol
 from .faults import Fault, FaultKind, FaultPlan
 from .log import RequestLog
 from .settings import EmulatorConfig
@@ -101,6 +102,8 @@ def uvicorn_config(
     configure_logging: bool = False,
 ) -> uvicorn.Config:
     kwargs: dict[str, Any] = {}
+    if app.config.kernel_arrival:
+        kwargs["http"] = stamping_protocol(app.connections)
     if not configure_logging:
         kwargs["log_config"] = None  # never reconfigure the host program's logging
     return uvicorn.Config(

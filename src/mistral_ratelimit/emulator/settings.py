@@ -60,6 +60,9 @@ class EmulatorConfig:
     default_model: str = "mistral-medium-latest"
     #: Bound on ``Emulator.log`` (oldest dropped first); None keeps every record.
     max_log_records: int | None = None
+    #: Count a request from when the kernel received it (Linux; see ``arrival.py``). False:
+    #: from when the app got to it, which a busy machine delays (for comparison).
+    kernel_arrival: bool = True
 
     def __post_init__(self) -> None:
         for name in (

@@ -1,0 +1,125 @@
+"""The emulator counts a request when it reached the server's socket, by the kernel's clock,
+however late its event loop gets to it."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+pytest.importorskip("uvicorn")
+
+from mistral_ratelimit.emulator import Emulator
+from mistral_ratelimit.emulator.arrival import Connections
+
+pytestmark = [
+    pytest.mark.realclock,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_INFO is Linux's"),
+]
+
+
+class FakeTransport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return {"peername": self.sock.getpeername(), "socket": self.sock}.get(name)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    with client, server:
+        yield client, server
+
+
+def test_the_kernels_arrival_time_is_used(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    conns = Connections()
+    conns.opened(FakeTransport(server))
+    client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+    sent = time.monotonic()
+    time.sleep(0.2)  # the server's loop gets to it late
+    now = time.monotonic()
+    at = conns.arrival(client.getsockname(), now)
+    # Within the kernel tick (a few ms) of when it was sent, not when it was read.
+    assert abs(at - sent) < 0.03, (at - sent, now - sent)
+
+
+def test_unknown_peers_and_closed_connections_use_the_apps_clock(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, server = pair
+    conns, transport = Connections(), FakeTransport(server)
+    conns.opened(transport)
+    assert len(conns) == 1
+    now = time.monotonic() + 100.0  # later than any real stamp, so the last one never wins
+    assert conns.arrival(("127.0.0.1", 1), now) == now
+    assert conns.arrival(None, now + 1) == now + 1
+    conns.closed(FakeTransport(server))  # another transport for the same peer: not its own
+    assert len(conns) == 1
+    conns.closed(transport)
+    assert len(conns) == 0
+    assert conns.arrival(client.getsockname(), now + 2) == now + 2
+
+
+def test_arrivals_never_go_back(pair: tuple[socket.socket, socket.socket]) -> None:
+    client, server = pair
+    conns = Connections()
+    conns.opened(FakeTransport(server))
+    client.sendall(b"x")
+    time.sleep(0.1)
+    later = conns.arrival(None, time.monotonic())  # another request, handled first
+    # This one arrived ~100 ms earlier, but the limits have already counted one at `later`.
+    assert conns.arrival(client.getsockname(), time.monotonic()) == later
+
+
+def test_a_request_that_waits_for_a_busy_server_counts_from_its_arrival() -> None:
+    """The server's loop is stuck (here: on its own lock, inside another request) while a
+    second request arrives on a new connection; it counts from when it was sent."""
+    with Emulator(requests_per_second=1000) as emu:
+        lock = emu.app.state.lock
+        with httpx.Client(base_url=emu.url, timeout=10) as warm:
+            warm.get("/v1/models")
+        results: dict[str, float] = {}
+
+        def call(name: str) -> None:
+            with httpx.Client(base_url=emu.url, timeout=10) as c:
+                results[name] = time.monotonic()
+                assert c.get("/v1/models").status_code == 200
+
+        with lock:  # the first request stops the loop inside the app
+            first = threading.Thread(target=call, args=("first",))
+            first.start()
+            time.sleep(0.1)
+            second = threading.Thread(target=call, args=("second",))
+            second.start()
+            time.sleep(0.1)
+            second_sent = results["second"]
+            time.sleep(0.3)
+            released = time.monotonic()
+        first.join(10)
+        second.join(10)
+        records = sorted(emu.log.snapshot(), key=lambda r: r.arrival)
+        # Both served, after the lock was let go.
+        assert [r.status for r in records] == [200, 200, 200]
+        assert all(r.finished is not None and r.finished >= released for r in records[1:])
+        # Counted from when it was sent (a kernel tick), not from when the loop got to it.
+        assert records[2].arrival - second_sent < 0.1, records[2].arrival - second_sent
+        assert released - records[2].arrival > 0.2
+        # The wall clock moved with it.
+        assert records[2].finished - records[2].arrival > 0.2
+        assert abs((records[2].wall - records[2].arrival) - (time.time() - time.monotonic())) < 0.05
+        # Closed connections are forgotten (as soon as the server has seen them close).
+        deadline = time.monotonic() + 5
+        while len(emu.app.connections) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(emu.app.connections) == 0
