@@ -2,10 +2,11 @@
 
 Run: .venv/bin/python bench/bench_arrival.py [--rounds 10] [--hogs 2]
 
-The workload of examples/test_async.py, the case CI caught: four conversations at once
-through one ``MistralRatelimitClient`` at 2 requests/s, each a start then a streamed
-follow-up, against the in-process emulator (as the examples, the demo and most tests run
-it), while ``--hogs`` busy processes keep the CPU full. Rounds alternate between the two
+The workload of examples/test_async.py, the case CI caught, run from the example itself:
+four conversations at once through one ``MistralRatelimitClient`` at 2 requests/s, each a
+start then a streamed follow-up, against the in-process emulator (as the examples, the demo and most tests run
+it), while ``--hogs`` busy processes keep the CPU full. Each round is a fresh process, as
+the example is when the tests run it. Rounds alternate between the two
 ways of stamping an arrival (``kernel_arrival=True``, the default, and ``False``). A round
 "fails" when the server refused any request: the client spaced every pair a second and a
 ``window_margin`` apart, so a refusal means the server counted a request later than it
@@ -17,42 +18,30 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
+import io
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
 
 from mistral_ratelimit.demo import open_session
 
-QUESTIONS = ("What is a token?", "What is a window?", "What is a budget?", "What is a 429?")
-
-
-async def ask(conv: Any, model: str, question: str) -> None:
-    r = await conv.start_async(inputs=question, model=model, completion_args={"max_tokens": 48})
-    events = await conv.append_stream_async(
-        conversation_id=r.conversation_id,
-        inputs="One more sentence, please.",
-        completion_args={"max_tokens": 48},
-    )
-    async with events:
-        async for _ in events:
-            pass
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "test_async.py"
 
 
 def one_round(kernel: bool) -> tuple[int, int, float]:
-    """Server 429s, admitted requests and seconds, for one round."""
-    settings = {"requests_per_second": 2, "tokens_per_minute": 100_000, "kernel_arrival": kernel}
-    with open_session(
-        real=False, emulator_settings=settings, requests_per_second=2, tokens_per_minute=100_000
-    ) as session:
-        conv = session.client.beta.conversations
+    """Server 429s, admitted requests and seconds, for one run of the example's workload."""
+    spec = importlib.util.spec_from_file_location("example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    settings = {**example.LIMITS, "kernel_arrival": kernel}
+    with open_session(real=False, emulator_settings=settings, **example.LIMITS) as session:
         started = time.monotonic()
-
-        async def run() -> None:
-            await asyncio.gather(*(ask(conv, session.model, q) for q in QUESTIONS))
-
-        asyncio.run(run())
+        with contextlib.redirect_stdout(io.StringIO()):
+            asyncio.run(example.run(session))
         elapsed = time.monotonic() - started
         assert session.emulator is not None
         log = session.emulator.log
@@ -61,7 +50,9 @@ def one_round(kernel: bool) -> tuple[int, int, float]:
 
 @contextlib.contextmanager
 def hogs(n: int) -> Iterator[None]:
-    procs = [subprocess.Popen(["sh", "-c", "while :; do :; done"]) for _ in range(n)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: sum(range(10000))"]) for _ in range(n)
+    ]
     try:
         yield
     finally:
@@ -70,16 +61,29 @@ def hogs(n: int) -> Iterator[None]:
             p.wait()
 
 
+def fresh_round(kernel: bool) -> tuple[int, int, float]:
+    mode = "kernel" if kernel else "app"
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", mode], capture_output=True, text=True, check=True
+    )
+    refused, admitted, seconds = out.stdout.split()[-3:]
+    return int(refused), int(admitted), float(seconds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=10, help="rounds per mode")
     parser.add_argument("--hogs", type=int, default=2, help="busy processes meanwhile")
+    parser.add_argument("--one", choices=("kernel", "app"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        print(*one_round(args.one == "kernel"))
+        return 0
     results: dict[bool, list[tuple[int, int, float]]] = {True: [], False: []}
     with hogs(args.hogs):
         for _ in range(args.rounds):
             for kernel in (True, False):
-                results[kernel].append(one_round(kernel))
+                results[kernel].append(fresh_round(kernel))
     print(f"{args.rounds} rounds per mode, {args.hogs} CPU hogs, {sys.platform}")
     print("| arrival stamped | rounds with server 429s | server 429s | admitted | seconds |")
     print("|---|---|---|---|---|")
