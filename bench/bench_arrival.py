@@ -4,13 +4,14 @@ Run: .venv/bin/python bench/bench_arrival.py [--rounds 10] [--hogs 2]
 
 The workload of examples/test_async.py, the case CI caught, run from the example itself:
 four conversations at once through one ``MistralRatelimitClient`` at 2 requests/s, each a
-start then a streamed follow-up, against the in-process emulator (as the examples, the demo and most tests run
-it), while ``--hogs`` busy processes keep the CPU full. Each round is a fresh process, as
-the example is when the tests run it. Rounds alternate between the two
+start then a streamed follow-up, against the in-process emulator (as the examples, the demo
+and most tests run it), while ``--hogs`` busy processes keep the CPU full. Each round is a
+fresh process, as the example is when the tests run it. Rounds alternate between the two
 ways of stamping an arrival (``kernel_arrival=True``, the default, and ``False``). A round
 "fails" when the server refused any request: the client spaced every pair a second and a
 ``window_margin`` apart, so a refusal means the server counted a request later than it
-arrived.
+arrived. The hogs this script starts did not bring the failure out here, while the same
+hogs started from a shell beforehand did (docs/benchmarks.md): use ``--hogs 0`` then.
 """
 
 from __future__ import annotations
