@@ -95,3 +95,31 @@ def test_good_rates_are_read(text: str, value: float | None) -> None:
     from mistral_ratelimit.emulator.command import _request_rate
 
     assert _request_rate(text) == value
+
+
+@pytest.mark.realclock
+def test_serve_accepts_connections_as_soon_as_it_prints_its_url() -> None:
+    """A script that starts the server and connects on reading the URL line is not refused
+    (the socket used to start listening only when uvicorn began serving, ~5 ms later)."""
+    pytest.importorskip("uvicorn")
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import httpx
+
+    command = Path(sys.executable).with_name("mistral-ratelimit")
+    proc = subprocess.Popen(
+        [str(command), "serve", "--port", "0", "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        socket.create_connection((host, int(port)), timeout=5).close()  # once, no retry
+        assert httpx.get(f"{url}/v1/models", timeout=10).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)

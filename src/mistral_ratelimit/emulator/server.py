@@ -28,6 +28,7 @@ from .settings import EmulatorConfig
 logger = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT = 10.0
+BACKLOG = 4096
 
 
 def _ready_tokenizer() -> None:
@@ -91,6 +92,9 @@ def _bind(host: str, port: int) -> socket.socket:
         error.errno = code
         raise error from exc
     sock.set_inheritable(True)
+    # Listening now, not when uvicorn starts serving: whoever reads the URL (the `serve`
+    # command prints it at once) may connect at once; connections wait in the backlog.
+    sock.listen(BACKLOG)
     return sock
 
 
@@ -115,7 +119,7 @@ def uvicorn_config(
         date_header=True,
         timeout_graceful_shutdown=1,
         timeout_keep_alive=30,
-        backlog=4096,
+        backlog=BACKLOG,
         **kwargs,
     )
 
