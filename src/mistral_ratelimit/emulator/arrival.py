@@ -9,18 +9,26 @@ requests the client had spaced correctly (examples/test_async.py on a loaded 2-c
 machine; bench/bench_arrival.py).
 
 The kernel notes when data last arrived on each TCP connection, and on Linux
-``TCP_INFO`` reports how long ago that was (``tcpi_last_data_recv``, in milliseconds, with
-the kernel tick's resolution: a few ms). :class:`Connections` keeps each open connection's
+``TCP_INFO`` reports how long ago that was (``tcpi_last_data_recv``, in milliseconds but
+counted in kernel ticks: 4 ms at 250 Hz). :class:`Connections` keeps each open connection's
 socket by its peer address, which is how the ASGI scope names the client, so the app can
 ask. Elsewhere, or when the socket cannot say, the app's own clock is used, as before.
+
+A count of whole ticks can put the arrival up to a tick before the send, and a server that
+counts a request before it was sent refuses a client that paced exactly (a break-it run at
+20 requests/s, one request every 50.1 ms: 7 of 200 refused). So the stamp is taken a tick
+later: never before the true arrival, at most two ticks after it, as a network would.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -35,7 +43,41 @@ _TCP_INFO = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux"
 #: The loop is never this late: data older than this on a connection is not this request's.
 _MAX_BACKDATE = 1.0
 
+#: Used when the tick cannot be measured: the longest of the usual ones (100 Hz).
+_DEFAULT_TICK = 0.010
+
 Peer = tuple[str, int]
+
+
+def _last_data_recv_ms(sock: Any) -> int:
+    info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
+    ms: int = struct.unpack_from("I", info, _LAST_DATA_RECV_OFFSET)[0]
+    return ms
+
+
+@functools.lru_cache(maxsize=1)
+def kernel_tick() -> float:
+    """The step of ``tcpi_last_data_recv``, in seconds: watch it count up on a loopback
+    connection for a few ticks (about 25 ms, once per process)."""
+    if _TCP_INFO is None:
+        return _DEFAULT_TICK
+    try:
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            client = socket.create_connection(listener.getsockname())
+            server, _ = listener.accept()
+            with client, server:
+                client.sendall(b"x")
+                seen = {_last_data_recv_ms(server)}
+                deadline = time.monotonic() + 0.025
+                while time.monotonic() < deadline:
+                    seen.add(_last_data_recv_ms(server))
+                    time.sleep(0.0005)
+    except (OSError, struct.error) as exc:
+        log.debug("cannot measure the kernel tick: %s", exc)
+        return _DEFAULT_TICK
+    values = sorted(seen)
+    steps = [b - a for a, b in itertools.pairwise(values)]
+    return min(steps) / 1000.0 if steps else _DEFAULT_TICK
 
 
 def _peer_key(address: Any) -> Peer | None:
@@ -51,6 +93,7 @@ class Connections:
     def __init__(self) -> None:
         self._sockets: dict[Peer, tuple[Any, Any]] = {}  # peer: (transport, socket)
         self._last = 0.0
+        self._tick = kernel_tick()
 
     def opened(self, transport: Any) -> None:
         key = _peer_key(transport.get_extra_info("peername"))
@@ -79,14 +122,13 @@ class Connections:
         key = _peer_key(client)
         entry = self._sockets.get(key) if key is not None else None
         if entry is not None and _TCP_INFO is not None:
-            sock = entry[1]
             try:
-                info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _TCP_INFO_SIZE)
-                (ago_ms,) = struct.unpack_from("I", info, _LAST_DATA_RECV_OFFSET)
+                ago_ms = _last_data_recv_ms(entry[1])
             except (OSError, struct.error, ValueError) as exc:
                 log.debug("no kernel arrival time for %s: %s", key, exc)
             else:
-                at = now - min(ago_ms / 1000.0, _MAX_BACKDATE)
+                ago = ago_ms / 1000.0 - self._tick  # a tick later: never before the send
+                at = now - min(max(ago, 0.0), _MAX_BACKDATE)
         at = max(at, self._last)  # the clock given is monotonic, so this is still <= now
         self._last = at
         return at
