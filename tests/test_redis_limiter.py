@@ -503,6 +503,14 @@ def outage(
     return down
 
 
+def acquire_in(style: str, lim: RedisRateLimiter) -> None:
+    """One acquire, from a thread (``"sync"``) or on an ``asyncio`` or ``trio`` loop."""
+    if style == "sync":
+        acquire(lim, 0)
+    else:
+        anyio.run(aacquire, lim, 0, backend=style)
+
+
 @pytest.mark.parametrize("timeout", [0.5, 2.0])
 @pytest.mark.parametrize("style", ["sync", "asyncio", "trio"])
 def test_backend_timeout_bounds_the_wait_for_redis(
@@ -520,10 +528,7 @@ def test_backend_timeout_bounds_the_wait_for_redis(
     )
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable):
-        if style == "sync":
-            acquire(lim, 0)
-        else:
-            anyio.run(aacquire, lim, 0, backend=style)
+        acquire_in(style, lim)
     elapsed = time.monotonic() - t0
     assert timeout * 0.9 < elapsed < timeout + SLACK
     assert len(lim._later) == 1  # the cancel, for when Redis answers
@@ -547,10 +552,7 @@ def test_backend_timeout_bounds_a_wait_redis_left_midway(
     outage(lim, monkeypatch, after="reserve")  # the next booking is the last reply
     t0 = time.monotonic()
     with pytest.raises(BackendUnavailable):
-        if style == "sync":
-            acquire(lim, 0)
-        else:
-            anyio.run(aacquire, lim, 0, backend=style)
+        acquire_in(style, lim)
     elapsed = time.monotonic() - t0  # the first check fails after ~0.2 s of waiting its turn
     assert 0.5 < elapsed < 0.2 + 0.5 + SLACK
     assert len(lim._later) == 1
