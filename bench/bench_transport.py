@@ -25,6 +25,7 @@ import httpx
 from mistral_ratelimit import RatelimitConfig, RateLimiter
 from mistral_ratelimit.accounting.tokenizer import count_tokens
 from mistral_ratelimit.httpx import AsyncRateLimitTransport, RateLimitTransport
+from mistral_ratelimit.limiter.base import Reservation
 
 PROSE = (
     "The history of the city begins long before the bridges and the boulevards. Fishermen "
@@ -121,6 +122,9 @@ class TightLimiter(RateLimiter):
 
     def token_room(self) -> float | None:
         return 1.0
+
+    def grant_now(self, tokens: float, room_share: float = 1.0) -> Reservation | None:
+        return None  # no room to spare: as a nearly full token window declines the lane
 
 
 def limiter_for(regime: str) -> tuple[RateLimiter, RatelimitConfig]:

@@ -197,9 +197,9 @@ def _bad_option(name: str, expected: str, value: object) -> ValueError:
 DEFAULT_OPTIONS = RequestOptions()
 
 
-@dataclass(frozen=True)
-class RequestView:
-    """What the lifecycle needs to know of a request, library-independent."""
+class RequestView(NamedTuple):
+    """What the lifecycle needs to know of a request, library-independent (a named tuple:
+    one is made for every request)."""
 
     method: str
     path: str
@@ -209,12 +209,28 @@ class RequestView:
     options: RequestOptions = RequestOptions()
 
 
-@dataclass
-class Deliver:
+class Deliver(NamedTuple):
     """The end of ``run``: hand ``response`` to the caller, observed by ``observer``."""
 
     response: Any
     observer: BodyObserver | None
+
+
+@dataclass(slots=True)
+class Admitted:
+    """A request the express lane let through (``Lifecycle.admit``), and what sending it
+    gave: the response, or the error it raised. ``Lifecycle.run`` takes it up from there
+    when the answer needs more than a settlement."""
+
+    reservation: Reservation
+    estimate: Estimate
+    response: Any = None
+    error: BaseException | None = None
+
+    def result(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.response
 
 
 def _body_decides_class(status: int, length: str | None) -> bool:
@@ -249,6 +265,11 @@ class Lifecycle:
         self.estimator = estimator
         self.config = config
         self._can_anchor = callable(getattr(limiter, "anchor", None))
+        grant = getattr(limiter, "grant_now", None)
+        # Only a limiter whose calls never wait on I/O may be called outside an effect.
+        self._grant_now = (
+            grant if callable(grant) and getattr(limiter, "nonblocking", False) is True else None
+        )
         self._next_limits_at = 0.0  # time.monotonic() when rate-limit headers are read again
         room_of = getattr(limiter, "token_room", None)
         self._token_room = room_of if callable(room_of) else None
@@ -272,20 +293,67 @@ class Lifecycle:
             return cheap
         return self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=True)
 
-    def run(self, req: RequestView) -> Steps:
+    def admit(self, req: RequestView) -> Admitted | None:
+        """The express lane: a request whose cheap bound the budget holds with room to
+        spare is granted at once (``RateLimiter.grant_now``), with no effect to drive and no
+        waiting machinery. The caller sends it (``sending``), then asks ``express`` for the
+        outcome. None: take ``run`` from the start.
+
+        It makes exactly the choices ``estimate`` and an ``Acquire`` that need not wait
+        would make, so only what they cost changes: requests with options, sampled for an
+        exact count, or that would wait take the full path."""
+        grant = self._grant_now
+        if grant is None or req.options is not DEFAULT_OPTIONS or req.body is None:
+            return None
+        if (self._estimates + 1) % EXACT_SAMPLE_EVERY == 1:
+            return None  # ``estimate`` counts this one exactly
+        est = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
+        # While the vocabulary loads, an exact count would wait for it: any fit will do.
+        share = EXACT_COUNT_THRESHOLD if tokenizer_loaded() else 1.0
+        res = grant(float(est.total), share)
+        if res is None:
+            return None  # ``estimate`` counts it, in the full path
+        self._estimates += 1
+        res.due_local = time.monotonic()
+        return Admitted(res, est)
+
+    def sending(self, res: Reservation) -> Send:
+        """The ``Send`` of an attempt holding ``res``."""
+        return Send(partial(self._departed, res)) if self._can_anchor else SEND
+
+    def express(self, admitted: Admitted) -> Deliver | None:
+        """The outcome of an admitted request that was sent: what ``_classify`` delivers
+        for a success whose rate-limit headers are not due, without an effect; None for
+        anything else (an error, a failure to send), which ``run(req, admitted)`` takes up."""
+        response = admitted.response
+        if admitted.error is not None or int(response.status_code) >= 400 or self._limits_due():
+            return None
+        headers = response.headers
+        observer = BodyObserver(
+            self, admitted.reservation, admitted.estimate, read_head(headers, limits=False), headers
+        )
+        record_attempts(response, 1, 0.0)
+        return Deliver(response, observer)
+
+    def run(self, req: RequestView, admitted: Admitted | None = None) -> Steps:
+        """The whole lifecycle of ``req``; from the express lane's attempt on, if given."""
         if req.options.skip:
             response = yield SEND
             return Deliver(response, None)
-        est = self.estimate(req)
+        est = self.estimate(req) if admitted is None else admitted.estimate
         retries = req.options.max_retries
         max_retries = self.config.max_retries if retries is None else retries
         attempt = 0
         waited = 0.0  # seconds spent waiting for the budget or backing off, for error notes
         while True:
-            res: Reservation = yield Acquire(est.total, req.options.priority)
+            taken, admitted = admitted, None
+            if taken is not None:
+                res = taken.reservation
+            else:
+                res = yield Acquire(est.total, req.options.priority)
             waited += max(0.0, res.at - res.created_at)
             try:
-                response = yield Send(partial(self._departed, res)) if self._can_anchor else SEND
+                response = taken.result() if taken is not None else (yield self.sending(res))
             except BaseException as exc:
                 not_sent = any(k.__name__ in NOT_SENT_ERRORS for k in type(exc).__mro__)
                 if not_sent:

@@ -183,12 +183,23 @@ class SyncTransportCore(_Core):
             if _is_json(request.headers):
                 request.read()  # a streamed JSON body is buffered once, so a retry can resend it
                 body, replayable = request.content, True
-        outcome = drive_sync(
-            self.lifecycle.run(_view(request, body, replayable, options)),
-            self.limiter,
-            lambda effect: self._send(request, effect),
-            read_prefix,
-        )
+        view = _view(request, body, replayable, options)
+        lifecycle = self.lifecycle
+        admitted = lifecycle.admit(view)
+        outcome = None
+        if admitted is not None:
+            try:
+                admitted.response = self._send(request, lifecycle.sending(admitted.reservation))
+            except BaseException as exc:  # the lifecycle decides: retry, or raise it
+                admitted.error = exc
+            outcome = lifecycle.express(admitted)
+        if outcome is None:
+            outcome = drive_sync(
+                lifecycle.run(view, admitted),
+                self.limiter,
+                lambda effect: self._send(request, effect),
+                read_prefix,
+            )
         if _already_read(outcome):
             assert outcome.observer is not None
             outcome.observer.feed_decoded(outcome.response.content)
@@ -223,12 +234,25 @@ class AsyncTransportCore(_Core):
             if _is_json(request.headers):
                 await request.aread()
                 body, replayable = request.content, True
-        outcome = await drive_async(
-            self.lifecycle.run(_view(request, body, replayable, options)),
-            self.limiter,
-            lambda effect: self._asend(request, effect),
-            aread_prefix,
-        )
+        view = _view(request, body, replayable, options)
+        lifecycle = self.lifecycle
+        admitted = lifecycle.admit(view)
+        outcome = None
+        if admitted is not None:
+            try:
+                admitted.response = await self._asend(
+                    request, lifecycle.sending(admitted.reservation)
+                )
+            except BaseException as exc:  # as in the sync transport
+                admitted.error = exc
+            outcome = lifecycle.express(admitted)
+        if outcome is None:
+            outcome = await drive_async(
+                lifecycle.run(view, admitted),
+                self.limiter,
+                lambda effect: self._asend(request, effect),
+                aread_prefix,
+            )
         if _already_read(outcome):
             assert outcome.observer is not None
             outcome.observer.feed_decoded(outcome.response.content)

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from ..limiter.base import ObservedLimit
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Usage:
-    """Token usage as the server reported it."""
+    """Token usage as the server reported it. A value, as ``Estimate`` is, and not frozen
+    for the same reason: one is read from every response."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -44,9 +45,9 @@ class Estimate:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ResponseFacts:
-    """What a response body tells the accountant."""
+    """What a response body tells the accountant (a value, as ``Usage`` is)."""
 
     usage: Usage | None = None
     conversation_id: str | None = None

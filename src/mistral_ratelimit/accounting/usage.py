@@ -68,10 +68,26 @@ def _conversation_id(obj: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_DECODER = json.JSONDecoder()
+_JSON_SPACE = " \t\n\r"
+
+
+def load_json(body: bytes) -> Any:
+    """``json.loads(body)``, at half its cost for the usual body: an object in UTF-8 (which
+    ``json.loads`` would first sniff for UTF-16 and UTF-32, then decode, then strip)."""
+    if body[:1] != b"{" or body[1:2] == b"\x00":  # a BOM, whitespace, UTF-16/32: the long way
+        return json.loads(body)
+    text = body.decode("utf-8", "surrogatepass")  # as json.loads decodes UTF-8
+    doc, end = _DECODER.raw_decode(text)
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        raise ValueError(f"extra data after the JSON document, at {end}")
+    return doc
+
+
 def parse_json_response(body: bytes) -> ResponseFacts:
     """Usage and conversation id of a JSON response body; never raises."""
     try:
-        doc = json.loads(body)
+        doc = load_json(body)
     except Exception:  # bad JSON, bad encoding, or nesting deep enough for RecursionError
         return ResponseFacts()
     if not isinstance(doc, dict):

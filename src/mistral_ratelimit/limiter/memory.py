@@ -316,6 +316,53 @@ class RateLimiter(SyncBackedAsyncMixin):
                 self._queue.insert(place, res)
         return res
 
+    def grant_now(self, tokens: float, room_share: float = 1.0) -> Reservation | None:
+        """``reserve`` and a first ``delay`` of 0 in one step, for a request nothing holds
+        back: no pause, nobody booked ahead or queued, an in-flight slot free, and every
+        window holding it now, its tokens taking at most ``room_share`` of each token
+        window's free room. The reservation is granted, booked and counted exactly as that
+        pair would book and count it. None: take ``reserve`` and wait as usual (nothing was
+        booked).
+
+        The transports' hot path (see ``Lifecycle.admit``): with ample budget one lock and
+        no waiting machinery, a quarter of what the pair costs."""
+        if type(tokens) is not float or not 0.0 <= tokens < math.inf:
+            return None  # unusual amounts take reserve(), which cleans or refuses them
+        with self._lock:
+            if (
+                self._orphans
+                or self._queue
+                or (self._max_inflight is not None and self._inflight >= self._max_inflight)
+            ):
+                return None
+            now = self._clock()
+            if now < self._tail or now < self._paused_until:
+                return None
+            for w in self._windows:
+                w.prune(now)  # after it, the window's total is what counts at ``now``
+                lim = w.limit
+                if lim.unit == "requests":
+                    if w.total + 1.0 > lim.amount + 1e-9:
+                        return None
+                elif tokens > room_share * (lim.amount - w.total) + 1e-9:
+                    return None
+            res = Reservation(tokens)
+            res.slots = {
+                w.ident: w.add(now, 1.0 if w.limit.unit == "requests" else tokens)
+                for w in self._windows
+            }
+            res.created_at = res.at = res.due_at = now
+            res.state = State.GRANTED
+            res.generation = self._generation
+            res.holds_inflight = True
+            self._inflight += 1
+            self._tail = now
+            self._forget_gone(now)
+            self._ahead.append((now, res))
+            self._s["tokens_reserved"] += tokens
+            self._s["requests_admitted"] += 1
+        return res
+
     def _wake_promoted(self) -> None:
         """Wake the callers promoted while the lock was held; call it after releasing it."""
         with self._lock:

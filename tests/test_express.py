@@ -1,0 +1,319 @@
+"""The express lane: a request the budget holds with room to spare is granted in one step
+(``RateLimiter.grant_now``, ``Lifecycle.admit``), and anything unusual about its answer is
+taken up by the full lifecycle. Both must book, count and settle exactly as the full path
+would."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import pytest
+
+from conftest import FakeClock
+from mistral_ratelimit import Limit, RatelimitConfig, RateLimiter
+from mistral_ratelimit import httpx as mr_httpx
+from mistral_ratelimit import httpx2 as mr_httpx2
+from mistral_ratelimit.lifecycle import EXACT_SAMPLE_EVERY, Lifecycle
+from mistral_ratelimit.limiter.base import Reservation, State
+
+LIBS = {"httpx": (httpx, mr_httpx), "httpx2": (httpx2, mr_httpx2)}
+BODY = {
+    "inputs": [{"role": "user", "content": "What is the capital of France?"}],
+    "completion_args": {"max_tokens": 100},
+    "model": "mistral-medium-latest",
+}
+USAGE = {"prompt_tokens": 21, "completion_tokens": 7, "total_tokens": 28}
+OK = {"object": "conversation.response", "conversation_id": "conv_1", "usage": USAGE}
+RATE_LIMITED = {"object": "error", "message": "Rate limit exceeded", "code": "1300"}
+
+
+def limits() -> list[Limit]:
+    return [Limit(5, 1.0, "requests"), Limit(1000, 60.0, "tokens"), Limit(8, 60.0, "requests")]
+
+
+def limiter(clock: FakeClock, **kw: Any) -> RateLimiter:
+    cfg = RatelimitConfig(api_key="k", requests_per_second=None, tokens_per_minute=None)
+    return RateLimiter(cfg, limits=limits(), clock=clock, window_margin=0.05, **kw)
+
+
+def booking(lim: RateLimiter, res: Reservation) -> tuple[Any, ...]:
+    """What a booking is, window by window, independent of the windows' identities."""
+    slots = [res.slots.get(w.ident) for w in lim._windows]
+    return (res.tokens, res.state, res.at, res.due_at, res.created_at, slots, res.holds_inflight)
+
+
+def windows(lim: RateLimiter) -> list[tuple[float, dict[int, float]]]:
+    return [(w.total, dict(w.slots)) for w in lim._windows]
+
+
+def test_grant_now_books_and_counts_as_reserve_and_delay_would() -> None:
+    clock_a, clock_b = FakeClock(), FakeClock()
+    a, b = limiter(clock_a), limiter(clock_b)
+    clock_a_start = clock_a.t
+    steps = [(0.0, 100.0, 40.0), (0.1, 50.0, 80.0), (0.35, 0.0, 0.0), (0.9, 120.0, 120.0)]
+    steps += [(1.2, 30.0, 10.0), (61.5, 200.0, 210.0), (61.5, 1.0, 0.0)]
+    for t, tokens, actual in steps:
+        clock_a.set(clock_a_start + t)
+        clock_b.set(clock_a_start + t)
+        ra = a.reserve(tokens)
+        assert a.delay(ra) == 0
+        rb = b.grant_now(tokens)
+        assert rb is not None
+        assert booking(b, rb) == booking(a, ra)
+        assert windows(b) == windows(a)
+        for lim, res in ((a, ra), (b, rb)):
+            lim.settle(res, actual)
+            lim.release(res)
+        assert windows(b) == windows(a)
+        assert b.stats() == a.stats()
+
+
+def _paused(lim: RateLimiter, clock: FakeClock) -> None:
+    lim.pause_for(0.5)
+
+
+def _queued_behind_the_cap(lim: RateLimiter, clock: FakeClock) -> None:
+    lim.grant_now(1.0)  # the only in-flight slot
+
+
+def _booked_ahead(lim: RateLimiter, clock: FakeClock) -> None:
+    for _ in range(6):  # the sixth must wait for the 5 rps window: it is booked ahead
+        lim.reserve(1.0)
+
+
+def _requests_window_full(lim: RateLimiter, clock: FakeClock) -> None:
+    for _ in range(5):
+        res = lim.grant_now(1.0)
+        assert res is not None
+        lim.release(res)
+
+
+def _token_room_too_small(lim: RateLimiter, clock: FakeClock) -> None:
+    res = lim.grant_now(700.0)  # 300 tokens left: 100 more is a third of them, over a quarter
+    assert res is not None
+    lim.release(res)
+
+
+def _a_dropped_stream_to_settle(lim: RateLimiter, clock: FakeClock) -> None:
+    res = lim.grant_now(10.0)
+    assert res is not None
+    lim.settle_later(res, 5.0)
+
+
+@pytest.mark.parametrize(
+    "hold_back",
+    [
+        _paused,
+        _queued_behind_the_cap,
+        _booked_ahead,
+        _requests_window_full,
+        _token_room_too_small,
+        _a_dropped_stream_to_settle,
+    ],
+)
+def test_grant_now_declines_and_books_nothing_when_something_holds_it_back(
+    hold_back: Callable[[RateLimiter, FakeClock], None],
+) -> None:
+    clock = FakeClock()
+    lim = limiter(clock, max_concurrency=1 if hold_back is _queued_behind_the_cap else None)
+    hold_back(lim, clock)
+    before = (lim.stats(), windows(lim)) if hold_back is not _a_dropped_stream_to_settle else None
+    assert lim.grant_now(100.0, 0.25) is None
+    if before is not None:
+        assert (lim.stats(), windows(lim)) == before
+    # What grant_now declined, reserve() books, to go when its time comes.
+    res = lim.reserve(100.0)
+    assert res.state in (State.SCHEDULED, State.QUEUED)
+
+
+@pytest.mark.parametrize("tokens", [math.nan, math.inf, -1.0, 5])
+def test_grant_now_leaves_unusual_amounts_to_reserve(tokens: Any) -> None:
+    lim = limiter(FakeClock())
+    assert lim.grant_now(tokens) is None
+    assert lim.stats().requests_admitted == 0
+
+
+class Tally:
+    """Counts how each request went: through the express lane, or the full lifecycle."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.admitted = self.full = self.taken_up = 0
+        admit, run = Lifecycle.admit, Lifecycle.run
+
+        def counting_admit(lc: Lifecycle, req: Any) -> Any:
+            got = admit(lc, req)
+            self.admitted += got is not None
+            return got
+
+        def counting_run(lc: Lifecycle, req: Any, admitted: Any = None) -> Any:
+            if admitted is None:
+                self.full += 1
+            else:
+                self.taken_up += 1
+            return run(lc, req, admitted)
+
+        monkeypatch.setattr(Lifecycle, "admit", counting_admit)
+        monkeypatch.setattr(Lifecycle, "run", counting_run)
+
+
+@pytest.fixture
+def tally(monkeypatch: pytest.MonkeyPatch) -> Tally:
+    return Tally(monkeypatch)
+
+
+def config(**kw: Any) -> RatelimitConfig:
+    base: dict[str, Any] = dict(
+        api_key="sk-test",
+        requests_per_second=1000,
+        tokens_per_minute=10_000_000,
+        base_delay=0.01,
+        max_delay=0.05,
+    )
+    base.update(kw)
+    return RatelimitConfig(**base)
+
+
+Reply = Callable[[Any, Any], Any]
+
+
+def ok(lib: Any, req: Any) -> Any:
+    return lib.Response(200, json=OK)
+
+
+def too_many(lib: Any, req: Any) -> Any:
+    return lib.Response(429, json=RATE_LIMITED)
+
+
+def refused(lib: Any, req: Any) -> Any:
+    raise lib.ConnectError("refused", request=req)
+
+
+def timed_out(lib: Any, req: Any) -> Any:
+    raise lib.ReadTimeout("slow", request=req)
+
+
+@pytest.fixture(params=sorted(LIBS))
+def lib_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def scripted(lib: Any, replies: list[Reply]) -> tuple[Any, list[Any]]:
+    calls: list[Any] = []
+
+    def handler(req: Any) -> Any:
+        calls.append(req)
+        return replies[min(len(calls), len(replies)) - 1](lib, req)
+
+    return lib.MockTransport(handler), calls
+
+
+def sync_run(lib_name: str, replies: list[Reply], n: int = 1, **cfg_kw: Any) -> Iterator[Any]:
+    """Sends one warm-up request (the first of a lifecycle is counted exactly, so it takes
+    the full path), then ``n`` more; yields each outcome: a response or the error."""
+    lib, mr = LIBS[lib_name]
+    cfg = config(**cfg_kw)
+    inner, _ = scripted(lib, [ok, *replies])
+    with lib.Client(
+        transport=mr.RateLimitTransport(inner, config=cfg, limiter=RateLimiter(cfg)),
+        base_url="https://api.mistral.ai",
+    ) as client:
+        client.post("/v1/conversations", json=BODY)
+        for _ in range(n):
+            try:
+                yield client.post("/v1/conversations", json=BODY)
+            except Exception as exc:
+                yield exc
+        yield client._transport.limiter.stats()
+
+
+def test_plain_requests_go_by_the_express_lane_and_a_sample_by_the_full_path(
+    lib_name: str, tally: Tally
+) -> None:
+    n = 2 * EXACT_SAMPLE_EVERY
+    *responses, stats = sync_run(lib_name, [ok], n=n - 1)
+    assert all(r.status_code == 200 for r in responses)
+    assert tally.full == 2  # the 1st and the 65th, counted exactly
+    assert tally.admitted == n - 2
+    assert stats.requests_admitted == n
+    assert stats.in_flight == 0
+    assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged == 28 * n
+
+
+def test_an_admitted_request_refused_before_sending_is_given_back_and_retried(
+    lib_name: str, tally: Tally
+) -> None:
+    response, stats = sync_run(lib_name, [refused, ok], max_retries=2)
+    assert response.status_code == 200
+    assert tally.admitted == 1 and tally.taken_up == 1
+    assert stats.requests_cancelled == 1
+    assert stats.requests_admitted == 3
+    assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged == 2 * 28
+
+
+def test_an_admitted_request_that_times_out_stays_charged_and_raises(
+    lib_name: str, tally: Tally
+) -> None:
+    error, stats = sync_run(lib_name, [timed_out], max_retries=3)
+    assert isinstance(error, LIBS[lib_name][0].ReadTimeout)
+    assert tally.taken_up == 1
+    assert stats.in_flight == 0
+    assert stats.requests_cancelled == 0
+    assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged > 28
+
+
+def test_an_admitted_request_answered_429_is_retried_by_the_full_path(
+    lib_name: str, tally: Tally
+) -> None:
+    response, stats = sync_run(lib_name, [too_many, ok], max_retries=2)
+    assert response.status_code == 200
+    assert response.extensions["mistral_ratelimit"]["attempts"] == 2
+    assert tally.admitted == 1 and tally.taken_up == 1
+    assert stats.rate_limited_seen == 1
+    assert stats.requests_admitted == 3
+    assert stats.in_flight == 0
+    # The 429 spent a request and no tokens.
+    assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged == 2 * 28
+
+
+def test_an_admitted_async_request_cancelled_while_sending_gives_its_slot_back(
+    lib_name: str, tally: Tally
+) -> None:
+    lib, mr = LIBS[lib_name]
+    cfg = config(max_concurrency=1)
+    lim = RateLimiter(cfg)
+    sending = anyio.Event()
+
+    class Slow(lib.AsyncBaseTransport):  # type: ignore[misc, name-defined]
+        calls = 0
+
+        async def handle_async_request(self, request: Any) -> Any:
+            Slow.calls += 1
+            if Slow.calls == 2:
+                sending.set()
+                await anyio.sleep(30)
+            return lib.Response(200, json=OK)
+
+    async def main() -> None:
+        transport = mr.AsyncRateLimitTransport(Slow(), config=cfg, limiter=lim)
+        with anyio.fail_after(10):
+            async with lib.AsyncClient(transport=transport, base_url="https://x") as client:
+                await client.post("/v1/conversations", json=BODY)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(partial(client.post, "/v1/conversations", json=BODY))
+                    await sending.wait()
+                    assert lim.stats().in_flight == 1
+                    tg.cancel_scope.cancel()
+                r = await client.post("/v1/conversations", json=BODY)  # the slot came back
+                assert r.status_code == 200
+
+    anyio.run(main)
+    stats = lim.stats()
+    assert tally.admitted == 2
+    assert stats.in_flight == 0
+    assert stats.requests_admitted == 3
