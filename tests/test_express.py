@@ -16,9 +16,11 @@ import httpx2
 import pytest
 
 from conftest import FakeClock
-from mistral_ratelimit import Limit, RatelimitConfig, RateLimiter
+from mistral_ratelimit import Limit, RatelimitConfig, RateLimiter, lifecycle
 from mistral_ratelimit import httpx as mr_httpx
 from mistral_ratelimit import httpx2 as mr_httpx2
+from mistral_ratelimit.accounting.request import Estimator
+from mistral_ratelimit.accounting.tokenizer import count_tokens
 from mistral_ratelimit.lifecycle import EXACT_SAMPLE_EVERY, Lifecycle
 from mistral_ratelimit.limiter.base import Reservation, State
 
@@ -139,6 +141,20 @@ def test_grant_now_leaves_unusual_amounts_to_reserve(tokens: Any) -> None:
     assert lim.stats().requests_admitted == 0
 
 
+def spy_on_exact_counts(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The exact counts made from now on (one True per estimate made with exact=True)."""
+    exact: list[bool] = []
+    estimate = Estimator.estimate
+
+    def spying(self: Estimator, *args: Any, **kw: Any) -> Any:
+        if kw.get("exact", True):
+            exact.append(True)
+        return estimate(self, *args, **kw)
+
+    monkeypatch.setattr(Estimator, "estimate", spying)
+    return exact
+
+
 class Tally:
     """Counts how each request went: through the express lane, or the full lifecycle."""
 
@@ -232,14 +248,20 @@ def sync_run(lib_name: str, replies: list[Reply], n: int = 1, **cfg_kw: Any) -> 
         yield client._transport.limiter.stats()
 
 
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
 def test_plain_requests_go_by_the_express_lane_and_a_sample_by_the_full_path(
-    lib_name: str, tally: Tally
+    lib_name: str, tally: Tally, monkeypatch: pytest.MonkeyPatch, interval: float
 ) -> None:
+    monkeypatch.setattr(lifecycle, "EXACT_SAMPLE_INTERVAL", interval)
+    count_tokens("loaded")  # until the vocabulary is loaded, no count is exact
+    exact = spy_on_exact_counts(monkeypatch)
     n = 2 * EXACT_SAMPLE_EVERY
     *responses, stats = sync_run(lib_name, [ok], n=n - 1)
     assert all(r.status_code == 200 for r in responses)
-    assert tally.full == 2  # the 1st and the 65th, counted exactly
-    assert tally.admitted == n - 2
+    # The 1st and the 65th are counted exactly; the 65th only if a sample is due by then.
+    sampled = 2 if interval == 0 else 1
+    assert tally.full == len(exact) == sampled
+    assert tally.admitted == n - sampled
     assert stats.requests_admitted == n
     assert stats.in_flight == 0
     assert stats.tokens_reserved - stats.tokens_refunded + stats.tokens_charged == 28 * n

@@ -50,8 +50,11 @@ EXACT_COUNT_THRESHOLD = 0.25
 #: Longest shared pause one 429 may impose (one tokens-per-minute window).
 MAX_PAUSE_SECONDS = 60.0
 #: One request in this many is counted exactly even with ample room, so the per-model
-#: correction and the estimate-error figures keep learning from real usage.
+#: correction and the estimate-error figures keep learning from real usage...
 EXACT_SAMPLE_EVERY = 64
+#: ...but not more often than once in this many seconds: at thousands of requests a
+#: second, one in 64 would still spend most of the transport's time in the tokenizer.
+EXACT_SAMPLE_INTERVAL = 0.25
 #: Seconds between two readings of the rate-limit headers of successful responses.
 LIMITS_READ_INTERVAL = 0.05
 #: Largest error body read to classify a 429 or 503.
@@ -274,6 +277,7 @@ class Lifecycle:
         room_of = getattr(limiter, "token_room", None)
         self._token_room = room_of if callable(room_of) else None
         self._estimates = 0
+        self._next_sample_at = 0.0  # time.monotonic() from when a request may be sampled
 
     def estimate(self, req: RequestView) -> Estimate:
         if req.options.cost is not None:
@@ -288,10 +292,16 @@ class Lifecycle:
             # count would wait for it, blocking an event loop for a few hundred ms. The
             # bound fits, so it goes now and is settled from usage.
             return cheap
-        sample = self._estimates % EXACT_SAMPLE_EVERY == 1  # keeps the correction learning
+        sample = self._sampled(self._estimates)  # keeps the correction learning
+        if sample:
+            self._next_sample_at = time.monotonic() + EXACT_SAMPLE_INTERVAL
         if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room and not sample:
             return cheap
         return self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=True)
+
+    def _sampled(self, nth: int) -> bool:
+        """Whether the ``nth`` estimate is counted exactly though its bound fits."""
+        return nth % EXACT_SAMPLE_EVERY == 1 and time.monotonic() >= self._next_sample_at
 
     def admit(self, req: RequestView) -> Admitted | None:
         """The express lane: a request whose cheap bound the budget holds with room to
@@ -305,7 +315,7 @@ class Lifecycle:
         grant = self._grant_now
         if grant is None or req.options is not DEFAULT_OPTIONS or req.body is None:
             return None
-        if (self._estimates + 1) % EXACT_SAMPLE_EVERY == 1:
+        if self._sampled(self._estimates + 1):
             return None  # ``estimate`` counts this one exactly
         est = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
         # While the vocabulary loads, an exact count would wait for it: any fit will do.
