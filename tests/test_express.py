@@ -339,3 +339,37 @@ def test_an_admitted_async_request_cancelled_while_sending_gives_its_slot_back(
     assert tally.admitted == 2
     assert stats.in_flight == 0
     assert stats.requests_admitted == 3
+
+
+def test_an_admitted_request_whose_response_cannot_be_read_gives_everything_back(
+    lib_name: str, tally: Tally
+) -> None:
+    lib, mr = LIBS[lib_name]
+
+    class Broken:
+        headers: dict[str, str] = {}
+        closed = False
+
+        @property
+        def status_code(self) -> int:
+            raise RuntimeError("a broken inner transport")
+
+        def close(self) -> None:
+            Broken.closed = True
+
+    replies: list[Any] = [lib.Response(200, json=OK), Broken()]
+
+    class Inner(lib.BaseTransport):  # type: ignore[misc, name-defined]
+        def handle_request(self, request: Any) -> Any:
+            return replies.pop(0)
+
+    cfg = config()
+    lim = RateLimiter(cfg)
+    transport = mr.RateLimitTransport(Inner(), config=cfg, limiter=lim)
+    request = lib.Request("POST", "https://x/v1/conversations", json=BODY)
+    transport.handle_request(request)
+    with pytest.raises(RuntimeError, match="broken inner transport"):
+        transport.handle_request(lib.Request("POST", "https://x/v1/conversations", json=BODY))
+    assert tally.admitted == 1 and tally.taken_up == 1
+    assert Broken.closed
+    assert lim.stats().in_flight == 0

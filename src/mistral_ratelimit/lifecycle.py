@@ -231,8 +231,9 @@ class Admitted:
     error: BaseException | None = None
 
     def result(self) -> Any:
-        if self.error is not None:
-            raise self.error
+        error, self.error = self.error, None  # raised once; no cycle through its traceback
+        if error is not None:
+            raise error
         return self.response
 
 
@@ -336,12 +337,14 @@ class Lifecycle:
         for a success whose rate-limit headers are not due, without an effect; None for
         anything else (an error, a failure to send), which ``run(req, admitted)`` takes up."""
         response = admitted.response
-        if admitted.error is not None or int(response.status_code) >= 400 or self._limits_due():
+        try:
+            if admitted.error is not None or int(response.status_code) >= 400 or self._limits_due():
+                return None
+            headers = response.headers
+            head = read_head(headers, limits=False)
+        except Exception:  # a response we cannot read: the full path gives everything back
             return None
-        headers = response.headers
-        observer = BodyObserver(
-            self, admitted.reservation, admitted.estimate, read_head(headers, limits=False), headers
-        )
+        observer = BodyObserver(self, admitted.reservation, admitted.estimate, head, headers)
         record_attempts(response, 1, 0.0)
         return Deliver(response, observer)
 
