@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import httpx
@@ -347,7 +347,7 @@ def test_an_admitted_request_whose_response_cannot_be_read_gives_everything_back
     lib, mr = LIBS[lib_name]
 
     class Broken:
-        headers: dict[str, str] = {}
+        headers: ClassVar[dict[str, str]] = {}
         closed = False
 
         @property
