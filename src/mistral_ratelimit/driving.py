@@ -35,6 +35,27 @@ async def _call_async(limiter: Limiter, call: Call) -> Any:
     return await twin(*call.args)
 
 
+def _direct(limiter: Limiter) -> bool:
+    """Whether the limiter's calls never wait on I/O, so may be made outside an effect."""
+    return getattr(limiter, "nonblocking", False) is True
+
+
+def finish_sync(observer: BodyObserver, limiter: Limiter) -> None:
+    """Settle and release what ``observer`` watched (``BodyObserver.finish``)."""
+    if _direct(limiter):
+        observer.finish_now(limiter)
+    else:
+        drive_sync(observer.finish(), limiter, no_send)
+
+
+async def finish_async(observer: BodyObserver, limiter: Limiter) -> None:
+    """Async twin of :func:`finish_sync`: shielded, as every limiter call is."""
+    if _direct(limiter):
+        observer.finish_now(limiter)
+    else:
+        await drive_async(observer.finish(), limiter, no_asend)
+
+
 def departure_sync(limiter: Limiter, departed: Callable[[float], Call | None]) -> Depart:
     """What the sync transport calls when a request body has been written (``Send``)."""
 
@@ -53,7 +74,7 @@ def departure_async(
     limiter: Limiter, departed: Callable[[float], Call | None]
 ) -> Callable[[float], Awaitable[None]]:
     """Async twin of :func:`departure_sync`: shielded, as every limiter call is."""
-    direct = getattr(limiter, "nonblocking", False) is True
+    direct = _direct(limiter)
 
     async def depart(sent_at: float) -> None:
         try:
@@ -119,7 +140,7 @@ async def drive_async(
     (``nonblocking``) is called directly: nothing can interrupt a call that never suspends,
     and a shield costs more than the call itself (~6 µs, more than a whole reservation).
     """
-    direct = getattr(limiter, "nonblocking", False) is True
+    direct = _direct(limiter)
     value: Any = None
     error: BaseException | None = None
     while True:
@@ -188,14 +209,13 @@ class ObservedSyncStream(ObservedStreamBase):
             self._finish_later()
             raise
         finally:
-            if not self._observer.finished:
-                drive_sync(self._observer.finish(), self._limiter, no_send)
+            finish_sync(self._observer, self._limiter)
 
     def close(self) -> None:
         try:
             self._inner.close()
         finally:
-            drive_sync(self._observer.finish(), self._limiter, no_send)
+            finish_sync(self._observer, self._limiter)
 
 
 class ObservedAsyncStream(ObservedStreamBase):
@@ -205,14 +225,14 @@ class ObservedAsyncStream(ObservedStreamBase):
                 self._observer.feed(chunk)
                 yield chunk
         finally:
-            await drive_async(self._observer.finish(), self._limiter, no_asend)
+            await finish_async(self._observer, self._limiter)
 
     async def aclose(self) -> None:
         try:
             with anyio.CancelScope(shield=True):
                 await self._inner.aclose()
         finally:
-            await drive_async(self._observer.finish(), self._limiter, no_asend)
+            await finish_async(self._observer, self._limiter)
 
 
 def no_send(_: Send) -> Any:  # pragma: no cover - finish() never sends

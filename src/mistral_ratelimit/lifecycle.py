@@ -638,20 +638,37 @@ class BodyObserver:
         if self.finished:
             return
         self.finished = True
-        res = self.reservation
+        try:
+            yield from self._settlement()
+        finally:
+            yield Call("release", (self.reservation,))
+
+    def finish_now(self, limiter: Limiter) -> None:
+        """``finish`` on a limiter whose calls never wait on I/O (``nonblocking``), by
+        calling it directly: no generator to drive, on every request's path."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            for call in self._settlement():
+                getattr(limiter, call.name)(*call.args)
+        finally:
+            limiter.release(self.reservation)
+
+    def _settlement(self) -> list[Call]:
+        """Learns what the server taught; returns the limiter calls that settle the
+        reservation (its release comes after them, whatever they raise)."""
         try:
             actual, usage, conversation_id = self.actual_tokens()
             self._lc.estimator.observe(self.estimate, usage, conversation_id)
         except Exception:  # pragma: no cover - the accountant promises not to raise
             log.debug("settlement bookkeeping failed", exc_info=True)
             actual, usage = float(self.estimate.total), None
-        try:
-            yield Call("settle", (res, actual))
-            if usage is not None and usage.prompt_tokens > 0 and self.estimate.exact:
-                # Cheap upper bounds are over on purpose; only exact counts measure error.
-                yield Call("record_estimate", (self.estimate.prompt_tokens, usage.prompt_tokens))
-            log.debug(
-                "settled request: estimated %d tokens, actual %d", self.estimate.total, actual
+        calls = [Call("settle", (self.reservation, actual))]
+        if usage is not None and usage.prompt_tokens > 0 and self.estimate.exact:
+            # Cheap upper bounds are over on purpose; only exact counts measure error.
+            calls.append(
+                Call("record_estimate", (self.estimate.prompt_tokens, usage.prompt_tokens))
             )
-        finally:
-            yield Call("release", (res,))
+        log.debug("settled request: estimated %d tokens, actual %d", self.estimate.total, actual)
+        return calls

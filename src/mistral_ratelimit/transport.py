@@ -20,8 +20,8 @@ from .driving import (
     departure_sync,
     drive_async,
     drive_sync,
-    no_asend,
-    no_send,
+    finish_async,
+    finish_sync,
 )
 from .lifecycle import Deliver, Lifecycle, RequestOptions, RequestView, Send
 from .limiter.base import Limiter
@@ -203,7 +203,7 @@ class SyncTransportCore(_Core):
         if _already_read(outcome):
             assert outcome.observer is not None
             outcome.observer.feed_decoded(outcome.response.content)
-            drive_sync(outcome.observer.finish(), self.limiter, no_send)
+            finish_sync(outcome.observer, self.limiter)
             return outcome.response
         return deliver(outcome, SyncStream, self.limiter)
 
@@ -256,7 +256,7 @@ class AsyncTransportCore(_Core):
         if _already_read(outcome):
             assert outcome.observer is not None
             outcome.observer.feed_decoded(outcome.response.content)
-            await drive_async(outcome.observer.finish(), self.limiter, no_asend)
+            await finish_async(outcome.observer, self.limiter)
             return outcome.response
         return deliver(outcome, AsyncStream, self.limiter)
 

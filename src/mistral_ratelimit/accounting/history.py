@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # a value, never changed; not frozen: one is made on every turn
 class ConversationState:
     tokens: int
     model: str | None = None
