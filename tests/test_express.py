@@ -5,6 +5,7 @@ would."""
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -21,7 +22,7 @@ from mistral_ratelimit import httpx as mr_httpx
 from mistral_ratelimit import httpx2 as mr_httpx2
 from mistral_ratelimit.accounting.request import Estimator
 from mistral_ratelimit.accounting.tokenizer import count_tokens
-from mistral_ratelimit.lifecycle import EXACT_SAMPLE_EVERY, Lifecycle
+from mistral_ratelimit.lifecycle import EXACT_SAMPLE_EVERY, Lifecycle, RequestView
 from mistral_ratelimit.limiter.base import Reservation, State
 
 LIBS = {"httpx": (httpx, mr_httpx), "httpx2": (httpx2, mr_httpx2)}
@@ -373,3 +374,53 @@ def test_an_admitted_request_whose_response_cannot_be_read_gives_everything_back
     assert tally.admitted == 1 and tally.taken_up == 1
     assert Broken.closed
     assert lim.stats().in_flight == 0
+
+
+def _spent_then_idle(lim: RateLimiter, clock: FakeClock) -> None:
+    res = lim.grant_now(100.0)
+    assert res is not None
+    lim.settle(res, 1900.0)
+    lim.release(res)
+    clock.advance(120)  # the window is empty again, though nothing has pruned it yet
+
+
+def _nearly_full(lim: RateLimiter, clock: FakeClock) -> None:
+    res = lim.grant_now(1500.0)
+    assert res is not None
+    lim.release(res)
+
+
+@pytest.mark.parametrize(
+    ("windows", "prepare"),
+    [
+        ([Limit(2000, 60.0, "tokens")], lambda lim, clock: None),
+        ([Limit(2000, 60.0, "tokens")], _spent_then_idle),
+        ([Limit(2000, 60.0, "tokens")], _nearly_full),
+        ([Limit(10, 1.0, "requests")], lambda lim, clock: None),  # no window counts tokens
+    ],
+    ids=["ample", "spent-then-idle", "nearly-full", "no-token-window"],
+)
+def test_both_lanes_choose_alike_between_the_cheap_bound_and_an_exact_count(
+    windows: list[Limit], prepare: Callable[[RateLimiter, FakeClock], None]
+) -> None:
+    count_tokens("loaded")
+    body = json.dumps(
+        {"inputs": "word " * 20, "model": "m", "completion_args": {"max_tokens": 64}}
+    ).encode()
+    view = RequestView("POST", "/v1/conversations", {}, body, True)
+    chosen = []
+    for lane in ("full", "express"):
+        clock = FakeClock()
+        cfg = RatelimitConfig(api_key="k", requests_per_second=None, tokens_per_minute=None)
+        lim = RateLimiter(cfg, limits=windows, clock=clock)
+        prepare(lim, clock)
+        lc = Lifecycle(lim, Estimator.from_config(cfg), cfg)
+        lc._estimates = 5  # not one sampled for an exact count
+        if lane == "full":
+            est = lc.estimate(view)
+        else:
+            admitted = lc.admit(view)
+            # Declined: the full path estimates it, and counts it exactly.
+            est = admitted.estimate if admitted is not None else lc.estimate(view)
+        chosen.append((est.total, est.exact))
+    assert chosen[0] == chosen[1]

@@ -209,7 +209,7 @@ class RequestView(NamedTuple):
     headers: Mapping[str, str]
     body: bytes | None
     replayable: bool  # the body can be sent again on a retry
-    options: RequestOptions = RequestOptions()
+    options: RequestOptions = DEFAULT_OPTIONS  # the express lane knows it by identity
 
 
 class Deliver(NamedTuple):
@@ -286,7 +286,11 @@ class Lifecycle:
             # The caller's number, not a count: it must not feed the estimate-error figures.
             return replace(base, prompt_tokens=req.options.cost, completion_tokens=0, exact=False)
         cheap = self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=False)
-        room = self._token_room() if self._token_room is not None else None
+        room = None  # unknown: a limiter that cannot tell gets exact counts
+        if self._token_room is not None:
+            room = self._token_room()
+            if room is None:
+                room = math.inf  # no window counts tokens: there is nothing to count for
         self._estimates += 1
         if room is not None and cheap.total <= room and not tokenizer_loaded():
             # The vocabulary is still loading (the first requests of a process): an exact
@@ -310,9 +314,9 @@ class Lifecycle:
         waiting machinery. The caller sends it (``sending``), then asks ``express`` for the
         outcome. None: take ``run`` from the start.
 
-        It makes exactly the choices ``estimate`` and an ``Acquire`` that need not wait
-        would make, so only what they cost changes: requests with options, sampled for an
-        exact count, or that would wait take the full path."""
+        It makes the choices ``estimate`` and an ``Acquire`` that need not wait would make
+        (tests/test_express.py checks both), so only what they cost changes: requests with
+        options, sampled for an exact count, or that would wait take the full path."""
         grant = self._grant_now
         if grant is None or req.options is not DEFAULT_OPTIONS or req.body is None:
             return None

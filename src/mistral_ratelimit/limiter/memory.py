@@ -159,8 +159,17 @@ class RateLimiter(SyncBackedAsyncMixin):
         return tuple(w.limit for w in self._windows)
 
     def token_room(self) -> float | None:
-        """Free room of the tightest token window, read without the lock (a hint only)."""
-        rooms = [w.limit.amount - w.total for w in self._windows if w.limit.unit == "tokens"]
+        """Free room of the tightest token window now; None when no window counts tokens.
+
+        What ``grant_now`` measures a request against, so that the full path and the
+        express lane choose alike (an exact count or the cheap bound)."""
+        with self._lock:
+            now = self._clock()
+            rooms = []
+            for w in self._windows:
+                if w.limit.unit == "tokens":
+                    w.prune(now)  # a window idle since its last charges holds none of them
+                    rooms.append(w.limit.amount - w.total)
         return min(rooms) if rooms else None
 
     def __repr__(self) -> str:
