@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, ClassVar
@@ -424,3 +425,64 @@ def test_both_lanes_choose_alike_between_the_cheap_bound_and_an_exact_count(
             est = admitted.estimate if admitted is not None else lc.estimate(view)
         chosen.append((est.total, est.exact))
     assert chosen[0] == chosen[1]
+
+
+class LeavesLateThen500:
+    """Answers the warm-up, then sends late (a cold connection), says so through the trace
+    hook, and answers 500: the full lifecycle takes the express lane's attempt up."""
+
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self.calls = 0
+
+    def handle_request(self, request: Any) -> Any:
+        self.calls += 1
+        if self.calls > 1:
+            time.sleep(0.05)
+            trace = request.extensions.get("trace")
+            if trace is not None:
+                trace("http11.send_request_body.complete", {})
+            return self.lib.Response(500, json={"object": "error", "message": "boom"})
+        return self.lib.Response(200, json=OK)
+
+
+def test_a_late_departure_is_not_reported_as_time_spent_waiting(
+    lib_name: str, tally: Tally
+) -> None:
+    lib, mr = LIBS[lib_name]
+    cfg = config()
+    lim = RateLimiter(cfg)
+    inner = type("Inner", (LeavesLateThen500, lib.BaseTransport), {})(lib)
+    with lib.Client(
+        transport=mr.RateLimitTransport(inner, config=cfg, limiter=lim), base_url="https://x"
+    ) as client:
+        client.post("/v1/conversations", json=BODY)
+        response = client.post("/v1/conversations", json=BODY)
+    assert response.status_code == 500
+    assert tally.taken_up == 1
+    assert lim._s["anchored"] == 1  # counted from when it left...
+    assert response.extensions["mistral_ratelimit"] == {"attempts": 1, "waited": 0.0}
+
+
+@pytest.mark.parametrize("path", ["/v1/conversations", "/v1/embeddings"])
+@pytest.mark.parametrize("why", ["declined by the express lane", "counted exactly"])
+def test_estimates_that_are_never_sent_leave_nothing_to_learn_behind(
+    lib_name: str, path: str, why: str
+) -> None:
+    lib, mr = LIBS[lib_name]
+    count_tokens("loaded")
+    cfg = config(tokens_per_minute=None if why == "declined by the express lane" else 3000)
+    lim = RateLimiter(cfg)
+    transport = mr.RateLimitTransport(
+        lib.MockTransport(lambda req: lib.Response(200, json={"usage": USAGE})),
+        config=cfg,
+        limiter=lim,
+    )
+    body = {"input": ["hello"], "model": "mistral-embed"} if "embeddings" in path else BODY
+    with lib.Client(transport=transport, base_url="https://x") as client:
+        for _ in range(50):
+            if why == "declined by the express lane":
+                lim._paused_until = lim.now() + 1e-6  # too short to wait for, enough to decline
+            client.post(path, json=body)
+    assert lim.stats().requests_admitted == 50
+    assert len(transport.estimator._pending) == 0

@@ -302,6 +302,7 @@ class Lifecycle:
             self._next_sample_at = time.monotonic() + EXACT_SAMPLE_INTERVAL
         if room is not None and cheap.total <= EXACT_COUNT_THRESHOLD * room and not sample:
             return cheap
+        self.estimator.forget(cheap)  # replaced by the exact count: no response will claim it
         return self.estimator.estimate(req.method, req.path, req.body, req.headers, exact=True)
 
     def _sampled(self, nth: int) -> bool:
@@ -327,7 +328,8 @@ class Lifecycle:
         share = EXACT_COUNT_THRESHOLD if tokenizer_loaded() else 1.0
         res = grant(float(est.total), share)
         if res is None:
-            return None  # ``estimate`` counts it, in the full path
+            self.estimator.forget(est)  # the full path estimates it again, and counts it
+            return None
         self._estimates += 1
         res.due_local = time.monotonic()
         return Admitted(res, est)
@@ -365,10 +367,11 @@ class Lifecycle:
         while True:
             taken, admitted = admitted, None
             if taken is not None:
-                res = taken.reservation
+                res = taken.reservation  # granted at once: nothing waited (``at`` may
+                # have moved since, to when it left: that is not time spent waiting)
             else:
                 res = yield Acquire(est.total, req.options.priority)
-            waited += max(0.0, res.at - res.created_at)
+                waited += max(0.0, res.at - res.created_at)
             try:
                 response = taken.result() if taken is not None else (yield self.sending(res))
             except BaseException as exc:

@@ -631,6 +631,11 @@ class Estimator:
             while len(self._pending) > MAX_PENDING:
                 self._pending.popitem(last=False)
 
+    def forget(self, estimate: Estimate) -> None:
+        """Drop what ``estimate`` left to learn from: it will not be sent (a bound replaced
+        by an exact count), and its entry would push out those of requests in flight."""
+        self._take(estimate)
+
     def _take(self, estimate: Estimate) -> _Pending | None:
         with self._lock:
             pending = self._pending.pop(id(estimate), None)
