@@ -6,6 +6,7 @@ import asyncio
 import email.utils
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterator
 
@@ -605,3 +606,26 @@ def test_importing_the_library_does_not_import_the_server_stack() -> None:
         "assert 'starlette' not in sys.modules and 'uvicorn' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_client_gone_before_its_body_arrived_is_logged_quietly(
+    emu: Emulator, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cancelled client closes mid-body: the emulator answers nobody, logs 499 (nginx's
+    "client closed request") and prints no traceback, and the next request is served."""
+    url = httpx.URL(emu.url)
+    head = (
+        b"POST /v1/conversations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"inputs": "hi'
+    )
+    with caplog.at_level(logging.ERROR), socket.create_connection((url.host, url.port)) as sock:
+        sock.sendall(head)
+        deadline = time.monotonic() + 5
+        while not emu.log.snapshot() and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the emulator has the request
+    deadline = time.monotonic() + 5
+    while emu.log.count(499) == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r.status for r in emu.log.snapshot()] == [499]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert client.post("/v1/conversations", json=start_body()).status_code == 200

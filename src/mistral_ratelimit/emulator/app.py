@@ -36,7 +36,7 @@ from email.utils import formatdate
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, Router
 
@@ -87,6 +87,8 @@ SERVER_ERROR_MESSAGES = {
     504: "Gateway timeout",
 }
 GENERATION_TIMEOUT = 600.0
+#: What the log records for a client gone before its body arrived (nginx's status).
+CLIENT_CLOSED = 499
 
 MODELS = (
     ("mistral-small-latest", 131072, ["mistral-small-2506"]),
@@ -413,7 +415,13 @@ class EmulatorApp:
     ) -> dict[str, Any] | Response:
         """The body as a dict, or the 422 the API answers for it (see bodies.py)."""
         try:
-            body = parse_json(await request.body() or b"{}")
+            raw = await request.body()
+        except ClientDisconnect:
+            # Gone before its body arrived (a cancelled client): nobody reads this answer,
+            # and the log records nginx's "client closed request".
+            return Response(status_code=CLIENT_CLOSED)
+        try:
+            body = parse_json(raw or b"{}")
         except ValueError:  # not JSON, not UTF-8, or nested too deep
             return validation_error(["body"], "JSON decode error", "json_invalid")
         if not isinstance(body, dict):
