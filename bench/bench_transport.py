@@ -1,6 +1,8 @@
 """Transport overhead: requests/s through RateLimitTransport(MockTransport) vs bare MockTransport.
 
 Run: .venv/bin/python bench/bench_transport.py [--seconds 2]
+Compare with another tree, alternating short runs (see docs/benchmarks.md):
+     .venv/bin/python bench/bench_transport.py --against ../old/src --runs 8 --seconds 0.7
 
 Both are measured in the same run, interleaved, on a 2 KB conversation body of real prose,
 sync and async, with limits set high. Two regimes:
@@ -14,10 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -170,35 +176,82 @@ async def async_round(seconds: float) -> dict[str, float]:
     return out
 
 
+LABELS = (
+    ("bare", "bare MockTransport"),
+    ("floor", "floor (see FloorTransport)"),
+    ("ample", "RateLimitTransport, ample"),
+    ("tight", "RateLimitTransport, tight"),
+)
+
+
+def measure(seconds: float, rounds: int) -> dict[str, dict[str, float]]:
+    """µs per request of each path, sync and async: the median of ``rounds`` rounds."""
+    out = {}
+    for mode, fn in (
+        ("sync", lambda: sync_round(seconds)),
+        ("async", lambda: asyncio.run(async_round(seconds))),
+    ):
+        runs = [fn() for _ in range(rounds)]
+        out[mode] = {k: 1e6 / statistics.median(r[k] for r in runs) for k in runs[0]}
+    return out
+
+
+def print_table(title: str, us: dict[str, float], spread: dict[str, tuple[float, float]]) -> None:
+    print(f"\n{title}")
+    print(f"  {'path':<28}{'req/s':>10}{'us/req':>10}{'added us':>10}{'overhead':>10}")
+    bare = us["bare"]
+    for key, label in LABELS:
+        if key not in us:  # the floor is measured sync only
+            continue
+        added = us[key] - bare
+        line = f"  {label:<28}{1e6 / us[key]:>10.0f}{us[key]:>10.1f}{added:>10.1f}"
+        line += f"{added / bare:>10.1%}"
+        if key in spread and key != "bare":
+            line += f"  [{spread[key][0]:.0f}, {spread[key][1]:.0f}]"
+        print(line)
+
+
+def compare(against: str, runs: int, seconds: float) -> None:
+    """Alternate short runs of this tree's sources and of ``against`` (another checkout's
+    ``src``), each in a fresh interpreter, so that the machine's load falls on both alike;
+    report each path's median over the runs, and the range of its added µs."""
+    here = str(Path(__file__).resolve().parents[1] / "src")
+    got: dict[str, list[dict[str, dict[str, float]]]] = {here: [], against: []}
+    for _ in range(runs):
+        for src in (against, here):
+            env = dict(os.environ, PYTHONPATH=src)
+            command = [sys.executable, __file__, "--json", "--seconds", str(seconds)]
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            got[src].append(json.loads(done.stdout.splitlines()[-1]))
+    for src, label in ((against, f"against {against}"), (here, "this tree")):
+        for mode in ("sync", "async"):
+            samples = [r[mode] for r in got[src]]
+            med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
+            added = {k: [s[k] - s["bare"] for s in samples] for k in samples[0]}
+            spread = {k: (min(v), max(v)) for k, v in added.items()}
+            print_table(f"{label}, {mode}: median of {runs} runs of {seconds:g} s", med, spread)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--against", metavar="SRC", help="another tree's src/ to alternate runs with"
+    )
+    parser.add_argument("--runs", type=int, default=8, help="alternations, with --against")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.against:
+        compare(args.against, args.runs, args.seconds)
+        return
     count_tokens("warm up")  # load the vocabulary outside the timed loops
+    if args.json:
+        print(json.dumps(measure(args.seconds, 1)))
+        return
     print(f"body: {len(BODY)} bytes, {count_tokens(BODY.decode())} Tekken tokens of raw JSON")
-    for mode, fn in (
-        ("sync", lambda: sync_round(args.seconds)),
-        ("async", lambda: asyncio.run(async_round(args.seconds))),
-    ):
-        rounds = [fn() for _ in range(args.rounds)]
-        med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-        bare_us = 1e6 / med["bare"]
-        print(f"\n{mode}: median of {args.rounds} rounds of {args.seconds:g} s")
-        print(f"  {'path':<28}{'req/s':>10}{'us/req':>10}{'added us':>10}{'overhead':>10}")
-        for key, label in (
-            ("bare", "bare MockTransport"),
-            ("floor", "floor (see FloorTransport)"),
-            ("ample", "RateLimitTransport, ample"),
-            ("tight", "RateLimitTransport, tight"),
-        ):
-            if key not in med:  # the floor is measured sync only
-                continue
-            us = 1e6 / med[key]
-            print(
-                f"  {label:<28}{med[key]:>10.0f}{us:>10.1f}{us - bare_us:>10.1f}"
-                f"{(us - bare_us) / bare_us:>10.1%}"
-            )
+    for mode, us in measure(args.seconds, args.rounds).items():
+        print_table(f"{mode}: median of {args.rounds} rounds of {args.seconds:g} s", us, {})
 
 
 if __name__ == "__main__":
