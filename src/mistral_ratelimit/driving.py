@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from .lifecycle import Acquire, BodyObserver, Call, Close, Deliver, ReadBody, Send, Sleep, Steps
-from .limiter.base import Limiter
+from .limiter.base import Limiter, is_nonblocking
 from .limiter.waiting import aacquire, acquire
 
 log = logging.getLogger("mistral_ratelimit")
@@ -35,22 +35,17 @@ async def _call_async(limiter: Limiter, call: Call) -> Any:
     return await twin(*call.args)
 
 
-def _direct(limiter: Limiter) -> bool:
-    """Whether the limiter's calls never wait on I/O, so may be made outside an effect."""
-    return getattr(limiter, "nonblocking", False) is True
-
-
 def finish_sync(observer: BodyObserver, limiter: Limiter) -> None:
     """Settle and release what ``observer`` watched (``BodyObserver.finish``)."""
-    if _direct(limiter):
+    if is_nonblocking(limiter):
         observer.finish_now(limiter)
     else:
         drive_sync(observer.finish(), limiter, no_send)
 
 
 async def finish_async(observer: BodyObserver, limiter: Limiter) -> None:
-    """Async twin of :func:`finish_sync`: shielded, as every limiter call is."""
-    if _direct(limiter):
+    """Async twin of :func:`finish_sync`."""
+    if is_nonblocking(limiter):
         observer.finish_now(limiter)
     else:
         await drive_async(observer.finish(), limiter, no_asend)
@@ -74,7 +69,7 @@ def departure_async(
     limiter: Limiter, departed: Callable[[float], Call | None]
 ) -> Callable[[float], Awaitable[None]]:
     """Async twin of :func:`departure_sync`: shielded, as every limiter call is."""
-    direct = _direct(limiter)
+    direct = is_nonblocking(limiter)
 
     async def depart(sent_at: float) -> None:
         try:
@@ -140,7 +135,7 @@ async def drive_async(
     (``nonblocking``) is called directly: nothing can interrupt a call that never suspends,
     and a shield costs more than the call itself (~6 µs, more than a whole reservation).
     """
-    direct = _direct(limiter)
+    direct = is_nonblocking(limiter)
     value: Any = None
     error: BaseException | None = None
     while True:

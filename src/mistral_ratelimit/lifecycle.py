@@ -37,7 +37,7 @@ from .accounting.types import ErrorClass, Estimate, Usage
 from .accounting.usage import StreamSniffer, parse_json_response
 from .config import RatelimitConfig
 from .errors import BudgetExhausted, format_amount
-from .limiter.base import Limiter, Reservation
+from .limiter.base import Limiter, Reservation, is_nonblocking
 
 log = logging.getLogger("mistral_ratelimit")
 
@@ -271,9 +271,7 @@ class Lifecycle:
         self._can_anchor = callable(getattr(limiter, "anchor", None))
         grant = getattr(limiter, "grant_now", None)
         # Only a limiter whose calls never wait on I/O may be called outside an effect.
-        self._grant_now = (
-            grant if callable(grant) and getattr(limiter, "nonblocking", False) is True else None
-        )
+        self._grant_now = grant if callable(grant) and is_nonblocking(limiter) else None
         self._next_limits_at = 0.0  # time.monotonic() when rate-limit headers are read again
         room_of = getattr(limiter, "token_room", None)
         self._token_room = room_of if callable(room_of) else None

@@ -155,3 +155,9 @@ class Limiter(Protocol):
     async def arelease(self, res: Reservation) -> None: ...
     async def apause_for(self, seconds: float, *, rate_limited: bool = True) -> None: ...
     async def aadopt(self, observed: list[ObservedLimit]) -> None: ...
+
+
+def is_nonblocking(limiter: object) -> bool:
+    """Whether ``limiter``'s calls never wait on I/O (its ``nonblocking`` flag, as the
+    in-memory limiter sets it), so that they may be made directly, outside an effect."""
+    return getattr(limiter, "nonblocking", False) is True
