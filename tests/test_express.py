@@ -25,6 +25,7 @@ from mistral_ratelimit.accounting.request import Estimator
 from mistral_ratelimit.accounting.tokenizer import count_tokens
 from mistral_ratelimit.lifecycle import EXACT_SAMPLE_EVERY, Lifecycle, RequestView
 from mistral_ratelimit.limiter.base import Reservation, State
+from test_transport import config
 
 LIBS = {"httpx": (httpx, mr_httpx), "httpx2": (httpx2, mr_httpx2)}
 BODY = {
@@ -183,18 +184,6 @@ class Tally:
 @pytest.fixture
 def tally(monkeypatch: pytest.MonkeyPatch) -> Tally:
     return Tally(monkeypatch)
-
-
-def config(**kw: Any) -> RatelimitConfig:
-    base: dict[str, Any] = dict(
-        api_key="sk-test",
-        requests_per_second=1000,
-        tokens_per_minute=10_000_000,
-        base_delay=0.01,
-        max_delay=0.05,
-    )
-    base.update(kw)
-    return RatelimitConfig(**base)
 
 
 Reply = Callable[[Any, Any], Any]
