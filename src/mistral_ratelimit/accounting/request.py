@@ -494,7 +494,7 @@ class Estimator:
             # A streaming upload that cannot be read without consuming it: assume a
             # typical prompt rather than nothing.
             unparsed = self.unknown_history_tokens if generation else 0
-        elif not body.strip():
+        elif not body or body.isspace():  # as `not body.strip()`, without copying it
             return Estimate(history, 0, stream, endpoint, conversation_id, history_model, False)
         elif len(body) > MAX_PARSE_BYTES:
             unparsed = len(body)
