@@ -8,6 +8,7 @@ import json
 import random
 import sys
 import zlib
+from collections.abc import Callable
 
 import brotli
 import pytest
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from mistral_ratelimit.accounting import decoding
 from mistral_ratelimit.accounting.decoding import IncrementalDecoder
 from mistral_ratelimit.accounting.types import ResponseFacts, Usage
-from mistral_ratelimit.accounting.usage import StreamSniffer, parse_json_response
+from mistral_ratelimit.accounting.usage import StreamSniffer, load_json, parse_json_response
 
 
 def _event(name: str, payload: dict[str, object]) -> str:
@@ -475,3 +476,49 @@ def test_finish_reason_without_usage_is_not_the_end() -> None:
     assert s.facts.usage is None
     s = _sniff([stream])
     assert s.facts.usage == Usage(total_tokens=12)
+
+
+def _outcome(load: Callable[[bytes], object], body: bytes) -> tuple[str, str]:
+    try:
+        return "ok", repr(load(body))  # repr: NaN equals itself
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        return "error", ""
+    except RecursionError:
+        return "too deep", ""
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400)
+@given(
+    doc=st.dictionaries(st.text(), _JSON_VALUES, max_size=5),
+    before=st.sampled_from(["", " ", "\ufeff", "\n\t"]),
+    after=st.sampled_from(["", " ", "\r\n", "x", "{}", "\x00", "\u00a0", ",", "]"]),
+    encoding=st.sampled_from(["utf-8", "utf-16-le", "utf-16-be", "utf-32", "latin-1"]),
+    ascii_only=st.booleans(),
+)
+def test_load_json_reads_every_body_as_json_loads_does(
+    doc: dict[str, object], before: str, after: str, encoding: str, ascii_only: bool
+) -> None:
+    text = before + json.dumps(doc, ensure_ascii=ascii_only) + after
+    try:
+        body = text.encode(encoding)
+    except UnicodeEncodeError:
+        body = text.encode("utf-8", "surrogatepass")
+    assert _outcome(load_json, body) == _outcome(json.loads, body)
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=64).map(lambda b: b"{" + b))
+def test_load_json_reads_any_bytes_after_a_brace_as_json_loads_does(body: bytes) -> None:
+    assert _outcome(load_json, body) == _outcome(json.loads, body)
+
+
+def test_load_json_of_a_body_nested_too_deep_fails_as_json_loads_does() -> None:
+    body = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    assert _outcome(load_json, body) == _outcome(json.loads, body) == ("too deep", "")
