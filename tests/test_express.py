@@ -475,3 +475,39 @@ def test_estimates_that_are_never_sent_leave_nothing_to_learn_behind(
             client.post(path, json=body)
     assert lim.stats().requests_admitted == 50
     assert len(transport.estimator._pending) == 0
+
+
+def test_requests_that_end_without_usage_leave_nothing_to_learn_behind(lib_name: str) -> None:
+    """Counted exactly (a tight token window), then answered 429 and handed back, or
+    cancelled while waiting for the budget: no response will ever claim their estimates."""
+    lib, mr = LIBS[lib_name]
+    count_tokens("loaded")
+    cfg = config(tokens_per_minute=3000, max_retries=0)
+    lim = RateLimiter(cfg)
+    refused = mr.RateLimitTransport(
+        lib.MockTransport(lambda req: lib.Response(429, json=RATE_LIMITED)),
+        config=cfg,
+        limiter=lim,
+    )
+    with lib.Client(transport=refused, base_url="https://x") as client:
+        for _ in range(20):
+            lim._paused_until = lim.now()  # no pause to wait for: only the answer counts
+            assert client.post("/v1/conversations", json=BODY).status_code == 429
+    assert len(refused.estimator._pending) == 0
+
+    slow_cfg = config(requests_per_second=1, tokens_per_minute=3000)
+    slow = mr.AsyncRateLimitTransport(
+        lib.MockTransport(lambda req: lib.Response(200, json=OK)),
+        config=slow_cfg,
+        limiter=RateLimiter(slow_cfg),
+    )
+
+    async def cancelled_while_waiting() -> None:
+        async with lib.AsyncClient(transport=slow, base_url="https://x") as client:
+            await client.post("/v1/conversations", json=BODY)  # spends this second
+            for _ in range(20):
+                with anyio.move_on_after(0.005):
+                    await client.post("/v1/conversations", json=BODY)
+
+    anyio.run(cancelled_while_waiting)
+    assert len(slow.estimator._pending) == 0

@@ -358,6 +358,20 @@ class Lifecycle:
             response = yield SEND
             return Deliver(response, None)
         est = self.estimate(req) if admitted is None else admitted.estimate
+        outcome: Deliver | None = None
+        try:
+            outcome = yield from self._attempts(req, est, admitted)
+            return outcome
+        finally:
+            if outcome is None or outcome.observer is None:
+                # No usage will come to learn from (an error answer, a failure, a cancel):
+                # what the estimate left to learn would only push out that of others.
+                self.estimator.forget(est)
+
+    def _attempts(
+        self, req: RequestView, est: Estimate, admitted: Admitted | None
+    ) -> Generator[Effect, Any, Deliver]:
+        """Send ``req`` until an answer is delivered, retrying as the configuration says."""
         retries = req.options.max_retries
         max_retries = self.config.max_retries if retries is None else retries
         attempt = 0
