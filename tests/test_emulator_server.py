@@ -629,3 +629,23 @@ def test_a_client_gone_before_its_body_arrived_is_logged_quietly(
     assert [r.status for r in emu.log.snapshot()] == [499]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert client.post("/v1/conversations", json=start_body()).status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["seconds", "http-date"])
+def test_a_client_that_waits_as_long_as_retry_after_says_is_admitted(mode: str) -> None:
+    """A date is written to the second: the time it names is rounded up, so that it is
+    never before the window has room (it used to be cut down, up to a second early)."""
+    with (
+        Emulator(requests_per_second=1, retry_after=mode) as emu,  # type: ignore[arg-type]
+        httpx.Client(base_url=emu.url) as c,
+    ):
+        assert start(c).status_code == 200
+        refused = start(c)
+        assert refused.status_code == 429
+        value = refused.headers["retry-after"]
+        if mode == "seconds":
+            wait = float(value)
+        else:
+            wait = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        time.sleep(max(0.0, wait))
+        assert start(c).status_code == 200

@@ -511,3 +511,17 @@ def test_requests_that_end_without_usage_leave_nothing_to_learn_behind(lib_name:
 
     anyio.run(cancelled_while_waiting)
     assert len(slow.estimator._pending) == 0
+
+
+def test_successes_without_rate_limit_headers_stay_in_the_lane(
+    lib_name: str, tally: Tally, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server (or a proxy) that sends no rate-limit headers: once its first success has
+    been read, the next ones are not read again until the interval is over."""
+    monkeypatch.setattr(lifecycle, "LIMITS_READ_INTERVAL", 3600.0)
+    *responses, stats = sync_run(lib_name, [ok], n=40)  # ok() sends no such headers
+    assert all(r.status_code == 200 for r in responses)
+    assert tally.full == 1  # the first, read for discovery (and sampled)
+    assert tally.taken_up == 0
+    assert tally.admitted == 40
+    assert stats.in_flight == 0

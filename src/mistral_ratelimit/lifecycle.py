@@ -449,9 +449,12 @@ class Lifecycle:
             headers = response.headers
             status = int(response.status_code)
             head = read_head(headers, limits=status >= 400 or self._limits_due())
+            if head.view is not None:
+                # Read, whatever they said: a server that sends none (a proxy that strips
+                # them, a mock) must not have every success read in full.
+                self._next_limits_at = time.monotonic() + LIMITS_READ_INTERVAL
             view = head.view or NO_LIMITS
             if view.observed:
-                self._next_limits_at = time.monotonic() + LIMITS_READ_INTERVAL
                 yield Call("adopt", (view.observed,))
             if status < 400:
                 return Deliver(response, BodyObserver(self, res, est, head, headers))

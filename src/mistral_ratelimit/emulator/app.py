@@ -292,11 +292,13 @@ class EmulatorApp:
         out = [(k.encode(), str(v).encode()) for k, v in values.items()]
         out.append((b"mistral-correlation-id", uuid.uuid4().hex.encode()))
         if ctx.retry_after is not None and self.config.retry_after is not None:
-            seconds = max(1, math.ceil(ctx.retry_after))
+            # Whole seconds either way, rounded up: a client that waits as long as it is
+            # told must not come back before the window has room (a date is written to the
+            # second, so the time it names is rounded up, not the wait).
             value = (
-                str(seconds)
+                str(max(1, math.ceil(ctx.retry_after)))
                 if self.config.retry_after == "seconds"
-                else formatdate(time.time() + seconds, usegmt=True)
+                else formatdate(math.ceil(time.time() + max(1.0, ctx.retry_after)), usegmt=True)
             )
             out.append((b"retry-after", value.encode()))
         return out
