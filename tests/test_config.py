@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mistral_ratelimit import config as config_module
 from mistral_ratelimit.config import SECONDS_PER_MONTH, Default, Limit, RatelimitConfig
 
 SECRET = "sk-SECRET-123"
@@ -407,3 +408,30 @@ def test_switches_and_none_values_are_checked() -> None:
         }
     )
     assert cfg.tokens_per_month is None and cfg.retry_server_errors is True
+
+
+KEY = "sk-Zq8vT2mLw9Xc4Rb7Yn1Kd6Hf3Jp0Gs5A"  # what a Mistral key looks like
+
+
+@pytest.mark.parametrize(
+    "var",
+    [f"MISTRAL_RATELIMIT_{name.upper()}" for name in (*config_module._FLOATS, *config_module._INTS)]
+    + ["MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS", "MISTRAL_RATELIMIT_LIMITS"],
+)
+def test_a_key_pasted_into_the_wrong_variable_is_never_quoted(var: str) -> None:
+    with pytest.raises(ValueError) as info:
+        RatelimitConfig.from_env({var: KEY})
+    assert var.removeprefix("MISTRAL_RATELIMIT_").lower() in str(info.value).lower()
+    assert KEY not in str(info.value)
+    assert KEY[3:12] not in str(info.value)
+    assert "may be a secret" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "limits", [f"{KEY}/60", f"720/{KEY}", f"720/60:{KEY}", KEY, f"720/60,{KEY}/1"]
+)
+def test_a_key_in_a_limit_spec_is_never_quoted(limits: str) -> None:
+    with pytest.raises(ValueError) as info:
+        RatelimitConfig.from_env({"MISTRAL_RATELIMIT_LIMITS": limits})
+    assert KEY not in str(info.value)
+    assert KEY[3:12] not in str(info.value)

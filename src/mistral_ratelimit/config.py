@@ -62,11 +62,23 @@ def _blank(key: str | None) -> bool:
     return key is None or not key.strip()
 
 
+#: Longest value an error message quotes. A longer one is described, not shown: an API key
+#: pasted into the wrong variable must not reach a log or a traceback.
+_SHOWN_CHARS = 16
+
+
+def shown_value(raw: str) -> str:
+    """A value from the environment (or a user's string) as an error message may show it."""
+    if len(raw) <= _SHOWN_CHARS:
+        return repr(raw)
+    return f"a {len(raw)}-character value (not shown: it may be a secret)"
+
+
 def _env_number(var: str, raw: str) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ValueError(f"{var}: not a number: {raw!r}") from None
+        raise ValueError(f"{var}: not a number: {shown_value(raw)}") from None
 
 
 def _env_integer(var: str, raw: str) -> int:
@@ -76,7 +88,7 @@ def _env_integer(var: str, raw: str) -> int:
     except ValueError:
         value = _env_number(var, raw)
     if not value.is_integer():
-        raise ValueError(f"{var}: must be a whole number, got {raw!r}")
+        raise ValueError(f"{var}: must be a whole number, got {shown_value(raw)}")
     return int(value)
 
 
@@ -103,7 +115,8 @@ class Limit:
         _check_number("Limit.amount", self.amount)
         _check_number("Limit.per_seconds", self.per_seconds)
         if self.unit not in _UNITS:
-            raise ValueError(f"Limit.unit must be one of {_UNITS}, got {self.unit!r}")
+            unit = shown_value(self.unit) if isinstance(self.unit, str) else repr(self.unit)
+            raise ValueError(f"Limit.unit must be one of {_UNITS}, got {unit}")
 
     @classmethod
     def parse(cls, text: str) -> Limit:
@@ -111,9 +124,15 @@ class Limit:
         spec, _, unit = text.strip().partition(":")
         amount, sep, per = spec.partition("/")
         if not sep:
-            raise ValueError(f"limits: expected 'AMOUNT/SECONDS[:unit]', got {text!r}")
+            raise ValueError(f"limits: expected 'AMOUNT/SECONDS[:unit]', got {shown_value(text)}")
         try:
-            return cls(float(amount), float(per), (unit.strip() or "tokens"))  # type: ignore[arg-type]
+            numbers = float(amount), float(per)
+        except ValueError:  # float()'s own message would quote the value whatever it is
+            raise ValueError(
+                f"limits: AMOUNT and SECONDS must be numbers, got {shown_value(text.strip())}"
+            ) from None
+        try:
+            return cls(*numbers, (unit.strip() or "tokens"))  # type: ignore[arg-type]
         except ValueError as exc:
             raise ValueError(f"limits: {exc}") from None
 
@@ -249,7 +268,7 @@ class RatelimitConfig:
             if flag not in _TRUE + _FALSE:
                 raise ValueError(
                     f"MISTRAL_RATELIMIT_RETRY_SERVER_ERRORS must be one of {_TRUE + _FALSE}, "
-                    f"got {raw_retry!r}"
+                    f"got {shown_value(raw_retry)}"
                 )
             kwargs["retry_server_errors"] = flag in _TRUE
         raw_limits = env.get(_PREFIX + "LIMITS")
