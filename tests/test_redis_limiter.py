@@ -8,6 +8,7 @@ what happens when Redis goes away. Time is moved with a fake clock (the limiter'
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -951,6 +952,23 @@ def test_the_local_mode_needs_its_share_of_the_budget(server: RedisServer) -> No
         local_share=0.25,
     )
     assert lim.backend_error_mode == "local"
+
+
+def test_the_local_mode_warns_when_a_share_is_less_than_one_request(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """2 requests a second across 3 workers cannot be split into whole requests per second:
+    found by a break-it helper (3 workers, one request each, all within one second)."""
+    limits = [Limit(2, 1.0, "requests"), Limit(4000, 60.0, "tokens")]
+    with caplog.at_level(logging.WARNING, logger="mistral_ratelimit.redis.limiter"):
+        make(server, fresh_key(), limits, on_backend_error="local", local_share=0.5)
+        assert caplog.records == []  # one request per second each: it holds
+        make(server, fresh_key(), limits, on_backend_error="wait", local_share=1 / 3)
+        assert caplog.records == []  # never served locally
+        make(server, fresh_key(), limits, on_backend_error="local", local_share=1 / 3)
+    [record] = caplog.records
+    assert "less than one request per window" in record.getMessage()
+    assert "2 requests per 1 s" in record.getMessage()
 
 
 @pytest.mark.parametrize(

@@ -283,6 +283,8 @@ class RedisRateLimiter:
         self._max_inflight = max_concurrency if max_concurrency is not None else cfg.max_concurrency
         self._mode: BackendErrorMode = on_backend_error
         self._share = float(local_share or 1.0)
+        if on_backend_error == "local":
+            self._warn_unsplittable()
         self._backend_timeout = backend_timeout
         self._lease = float(lease_seconds or _default_lease(self._limits))
         self._queue_lease = max(5.0, 20 * queue_poll)
@@ -456,6 +458,23 @@ class RedisRateLimiter:
             "Redis backend is back after %.1f s; this process rejoins the shared budget",
             time.monotonic() - outage.since,
         )
+
+    def _warn_unsplittable(self) -> None:
+        """Says so when a request limit has fewer requests per window than there are
+        workers: each worker's share is then one request per a longer window, which holds
+        the average, but workers that are not in step can together send up to one each
+        within a single window (2 per second across 3 workers: 3 in one second)."""
+        for lim in self._limits:
+            if lim.unit == "requests" and lim.amount * self._share < 1:
+                log.warning(
+                    "local_share=%g of %g requests per %g s is less than one request per "
+                    "window: while Redis is away, workers can together exceed this limit "
+                    "within one window (on average they keep to it); the server's 429s are "
+                    "retried. Use on_backend_error='wait' where that must not happen.",
+                    self._share,
+                    lim.amount,
+                    lim.per_seconds,
+                )
 
     def _fallback_limiter(self) -> RateLimiter:
         with self._lock:
