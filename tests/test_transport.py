@@ -219,6 +219,40 @@ def test_json_usage_is_settled_async(rig: Rig) -> None:
     assert s.tokens_reserved - s.tokens_refunded + s.tokens_charged == pytest.approx(3 * 28)
 
 
+@pytest.mark.parametrize(
+    ("content_type", "sniffed"),
+    [
+        (None, True),  # a proxy dropped it
+        ("text/plain", True),  # or rewrote it
+        ("text/plain; charset=utf-8", True),
+        ("Application/JSON; charset=UTF-8", True),
+        ("application/octet-stream", False),  # a file: not read for usage
+    ],
+)
+def test_json_usage_is_settled_whatever_the_content_type_says(
+    rig: Rig, content_type: str | None, sniffed: bool
+) -> None:
+    """Found by a break-it helper: a JSON answer without a JSON content type was settled to
+    the estimate, not to its usage."""
+    lib = rig.lib
+    cfg = config()
+    limiter = RateLimiter(cfg)
+    headers = {} if content_type is None else {"content-type": content_type}
+    body = json.dumps(RESPONSE).encode()
+    script = Script(lib, lambda req: lib.Response(200, content=body, headers=headers))
+    with rig.sync_client(script, limiter, cfg) as client:
+        r = client.post("/v1/conversations", json=START_BODY)
+    assert r.content == body
+    assert r.headers.get("content-type") == content_type
+    s = limiter.stats()
+    spent = s.tokens_reserved - s.tokens_refunded + s.tokens_charged
+    if sniffed:
+        assert spent == pytest.approx(28)
+    else:
+        assert spent > 100  # the estimate stays: prompt and max_tokens 100
+    assert s.in_flight == 0
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_sse_stream_settles_from_done_event(rig: Rig, backend: str) -> None:
     lib = rig.lib

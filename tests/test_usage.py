@@ -183,6 +183,10 @@ def test_usage_without_total_sums_prompt_and_completion() -> None:
         b'{"conversation_id": 12}',
         b'{"usage": {"total_tokens": NaN}}',
         b'{"usage": {"total_tokens": Infinity}}',
+        # No total and a part that is garbage: the other part alone under-states it (found
+        # by a break-it helper: this settled to 1 token).
+        b'{"usage": {"prompt_tokens": NaN, "completion_tokens": 1, "total_tokens": Infinity}}',
+        b'{"usage": {"prompt_tokens": 5, "completion_tokens": "772"}}',
     ],
 )
 def test_garbage_json_gives_no_facts(body: bytes) -> None:
@@ -194,6 +198,11 @@ def test_mixed_valid_and_invalid_counters() -> None:
         b'{"usage": {"prompt_tokens": "x", "completion_tokens": 7, "total_tokens": 20.0}}'
     )
     assert facts.usage == Usage(prompt_tokens=0, completion_tokens=7, total_tokens=20)
+    # A part that is absent (embeddings have no completion) or null is not garbage.
+    facts = parse_json_response(b'{"usage": {"prompt_tokens": 5, "total_tokens": "x"}}')
+    assert facts.usage == Usage(prompt_tokens=5, completion_tokens=0, total_tokens=0)
+    facts = parse_json_response(b'{"usage": {"prompt_tokens": null, "completion_tokens": 3}}')
+    assert facts.usage == Usage(prompt_tokens=0, completion_tokens=3, total_tokens=0)
 
 
 def test_json_in_utf16_is_still_read() -> None:

@@ -549,6 +549,17 @@ class _JsonSniffer:
         return None if self.failed else bytes(self._buf + self._decoder.flush())
 
 
+def _body_kind(ctype: str) -> str:
+    """How a body of this (lower-case) content type is sniffed for usage. A JSON answer
+    whose type a proxy dropped or rewrote to text still carries its usage: the sniffer
+    keeps at most ``MAX_JSON_SNIFF_BYTES`` and finds nothing in what is not JSON."""
+    if "text/event-stream" in ctype:
+        return "sse"
+    if "json" in ctype or not ctype.strip() or ctype.startswith("text/plain"):
+        return "json"
+    return ""
+
+
 class BodyObserver:
     """Watches a delivered body pass by, then settles the reservation exactly once."""
 
@@ -569,8 +580,7 @@ class BodyObserver:
         self._json: _JsonSniffer | None = None
         #: A whole JSON body, already decoded by the client library (``feed_decoded``).
         self._whole: bytes | None = None
-        ctype = head.content_type
-        self._kind = "sse" if "text/event-stream" in ctype else "json" if "json" in ctype else ""
+        self._kind = _body_kind(head.content_type)
         self._encoding = head.content_encoding
         self.finished = False
         self.bytes_seen = 0

@@ -11,7 +11,8 @@ Where usage lives (reference, §1-§3):
 - Anything else: the last ``usage`` object seen in any data JSON.
 
 Field order varies and extra fields (``connector_tokens``, ``connectors``, padding) appear; only
-the three counters are read, and values of the wrong type are ignored.
+the three counters are read, and values of the wrong type are ignored (with no valid total,
+a garbage part makes the whole usage unbelievable: the other part alone would under-state it).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def usage_from(obj: Any) -> Usage | None:
         return Usage(prompt, completion, total)
     counts = {name: _count(obj.get(name)) for name in _COUNTERS}
     if all(v is None for v in counts.values()):
+        return None
+    if counts["total_tokens"] is None and any(
+        counts[name] is None and obj.get(name) is not None for name in _COUNTERS[:2]
+    ):
+        # No total, and a part is garbage (not absent, not null): the other part alone
+        # would under-state it.
         return None
     return Usage(
         prompt_tokens=counts["prompt_tokens"] or 0,
